@@ -1,0 +1,142 @@
+"""Shared fixtures: a real S3 server (moto, server mode, HTTP on 127.0.0.1) and one local Ray
+cluster per test session. Unit tests use neither; integration tests ask for them by name.
+
+Environment set here (process-wide, so Ray workers started later inherit it):
+``AWS_ENDPOINT_URL`` → the moto server, test credentials, ``AWS_REGION``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEST_ACCESS_KEY = "testing"
+TEST_SECRET_KEY = "testing"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+class S3Server:
+    """A running moto S3 server and a boto3 client for it."""
+
+    def __init__(self, endpoint: str):
+        import boto3
+
+        self.endpoint = endpoint
+        self.client = boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id=TEST_ACCESS_KEY, aws_secret_access_key=TEST_SECRET_KEY,
+        )
+
+    def new_bucket(self, prefix: str = "test") -> str:
+        """Create a fresh bucket and return its name (each test gets its own)."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.client.create_bucket(Bucket=name)
+        return name
+
+    def keys(self, bucket: str, prefix: str = "") -> list[str]:
+        paginator = self.client.get_paginator("list_objects_v2")
+        return [obj["Key"] for page in paginator.paginate(Bucket=bucket, Prefix=prefix)
+                for obj in page.get("Contents", [])]
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> S3Server:
+    """moto in server mode on a free loopback port; sets the standard AWS_* variables."""
+    port = free_port()
+    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log, stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for_port(port)
+        endpoint = f"http://127.0.0.1:{port}"
+        saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
+                                                "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
+        os.environ.update({
+            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY, "AWS_REGION": "us-east-1",
+        })
+        yield S3Server(endpoint)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture
+def s3_bucket(s3_server: S3Server) -> str:
+    """A fresh, empty bucket on the session's S3 server."""
+    return s3_server.new_bucket()
+
+
+RAY_TEST_CPUS = 4  # logical CPUs: overcommitted on 2 cores so Train workers and Data tasks both fit
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server: S3Server, tmp_path_factory):
+    """One local Ray cluster for the whole session, with fixed resources.
+
+    It starts after the S3 server so every Ray worker inherits the AWS_* variables. Ray 2.60
+    turns token auth on for a new local cluster; the driver in this process holds the token,
+    so nothing else is needed here (the cluster CLI tests cover `ray job submit` with a token).
+    """
+    import ray
+
+    os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+    metrics_port = free_port()
+    context = ray.init(
+        num_cpus=RAY_TEST_CPUS,
+        num_gpus=0,
+        object_store_memory=600 * 1024**2,
+        include_dashboard=False,
+        log_to_driver=False,
+        _metrics_export_port=metrics_port,
+        _temp_dir=str(Path("/tmp") / f"rt{uuid.uuid4().hex[:6]}"),
+    )
+    context.metrics_export_port = metrics_port  # type: ignore[attr-defined]
+    yield context
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    """A folder of real encoded media in several formats per modality (see make_media_set)."""
+    from tests.media import make_media_set
+
+    root = tmp_path_factory.mktemp("media")
+    make_media_set(root)
+    return root

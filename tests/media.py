@@ -1,0 +1,43 @@
+"""Real encoded media for tests: several formats per modality plus corrupt files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from multimodal.data import synthetic
+
+GOOD_IMAGES = {"red_circle.jpg": ("red", "circle", "RGB"), "blue_square.png": ("blue", "square", "RGBA"),
+               "green_triangle.webp": ("green", "triangle", "RGB"), "grey_circle.png": ("red", "circle", "L"),
+               "cmyk_square.jpg": ("yellow", "square", "CMYK"), "palette_circle.png": ("purple", "circle", "P")}
+GOOD_AUDIO = {"ceg.wav": (["C", "E", "G"], 16000, 1), "da.flac": (["D", "A"], 44100, 2),
+              "b.ogg": (["B"], 22050, 1), "fg.mp3": (["F", "G"], 24000, 2)}
+GOOD_VIDEO = {"blue_left.mp4": ("blue", "left"), "red_up.webm": ("red", "up"),
+              "green_right.avi": ("green", "right"), "orange_down.mkv": ("orange", "down")}
+CORRUPT = {"empty.jpg": "empty", "random.png": "random", "truncated.jpg": "truncated",
+           "empty.wav": "empty", "random.flac": "random", "truncated.wav": "truncated",
+           "empty.mp4": "empty", "random.mp4": "random", "truncated.mp4": "truncated",
+           "wrong_ext.wav": "image-bytes"}
+
+
+def make_media_set(root: Path) -> dict[str, list[Path]]:
+    """Write every file above into ``root``; returns paths grouped as good_<modality> / corrupt."""
+    root = Path(root)
+    out: dict[str, list[Path]] = {"good_image": [], "good_audio": [], "good_video": [], "corrupt": []}
+    for name, (colour, shape, mode) in GOOD_IMAGES.items():
+        out["good_image"].append(synthetic.write_image(root / name, colour, shape, size=48, mode=mode))
+    for name, (notes, rate, channels) in GOOD_AUDIO.items():
+        out["good_audio"].append(synthetic.write_audio(root / name, notes, sample_rate=rate, seconds=1.0,
+                                                       channels=channels))
+    for name, (colour, direction) in GOOD_VIDEO.items():
+        out["good_video"].append(synthetic.write_video(root / name, colour, direction, frames=8, size=32))
+    valid = {".jpg": (root / "red_circle.jpg").read_bytes(), ".wav": (root / "ceg.wav").read_bytes(),
+             ".mp4": (root / "blue_left.mp4").read_bytes()}
+    for name, kind in CORRUPT.items():
+        path = root / name
+        if kind == "image-bytes":
+            data = valid[".jpg"]  # a JPEG named .wav
+        else:
+            data = synthetic.corrupt_bytes(kind, valid.get(path.suffix), seed=len(name))
+        path.write_bytes(data)
+        out["corrupt"].append(path)
+    return out
