@@ -1,0 +1,137 @@
+"""Training checkpoints: what a resume needs, written so that nothing is lost.
+
+A checkpoint directory holds
+
+| file                  | content                                                             |
+|-----------------------|---------------------------------------------------------------------|
+| ``model.safetensors`` | model weights (safetensors: no pickle)                              |
+| ``optimizer.pt``      | AdamW state (tensors only; loaded with ``weights_only=True``)       |
+| ``rng.pt``            | torch CPU (and CUDA) RNG states                                     |
+| ``trainer_state.json``| step, epoch, data position, best validation loss, counters, scheduler |
+
+Ray Train uploads the directory to ``storage_path/name/checkpoint_step_<N>`` and records it in
+``checkpoint_manager_snapshot.json`` only once the upload is complete, so a half-written
+checkpoint is never the one a resume picks (write, then publish).
+
+The *data position* is the number of rows of each shard consumed in the current epoch, summed
+over all workers. A resume rebuilds the epoch's dataset from the shards that were not fully
+consumed (``remaining_shards``): fully read shards are never repeated; partly read ones are read
+again from their start (the only place repeats can happen).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from multimodal import fs
+
+TRAINER_STATE = "trainer_state.json"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+
+
+@dataclass
+class DataPosition:
+    """Rows consumed per shard id in ``epoch`` (over all workers)."""
+
+    epoch: int = 0
+    rows_per_shard: dict[int, int] = field(default_factory=dict)
+
+    def remaining_shards(self, shard_rows: list[int]) -> list[int]:
+        """Shard ids not fully consumed in this epoch (unread or partly read)."""
+        return [i for i, rows in enumerate(shard_rows) if self.rows_per_shard.get(i, 0) < rows]
+
+    def is_fresh(self) -> bool:
+        return not any(self.rows_per_shard.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "rows_per_shard": {str(k): v for k, v in self.rows_per_shard.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> "DataPosition":
+        if not data:
+            return cls()
+        return cls(epoch=int(data.get("epoch", 0)),
+                    rows_per_shard={int(k): int(v) for k, v in data.get("rows_per_shard", {}).items()})
+
+
+@dataclass
+class TrainerState:
+    """Everything besides weights and optimizer moments that a resume restores."""
+
+    step: int = 0
+    epoch: int = 0
+    position: DataPosition = field(default_factory=DataPosition)
+    best_val_loss: float | None = None
+    validations_without_improvement: int = 0
+    first_train_loss: float | None = None
+    last_train_loss: float | None = None
+    samples_by_modality: dict[str, int] = field(default_factory=dict)
+    bad_samples_by_modality: dict[str, int] = field(default_factory=dict)
+    dropped_samples: int = 0
+    tokens_seen: int = 0
+    train_seconds: float = 0.0
+    resumed_from_steps: list[int] = field(default_factory=list)
+    scheduler: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["position"] = self.position.to_dict()
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainerState":
+        data = dict(data)
+        data["position"] = DataPosition.from_dict(data.get("position"))
+        return cls(**data)
+
+
+def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: TrainerState) -> None:
+    """Write a checkpoint into a local ``directory`` (Ray Train uploads and publishes it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(weights, str(directory / "model.safetensors"))
+    torch.save(optimizer.state_dict(), directory / "optimizer.pt")
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save(rng, directory / "rng.pt")
+    (directory / TRAINER_STATE).write_text(json.dumps(state.to_dict(), indent=1))
+
+
+def load_checkpoint(directory: str | Path, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> TrainerState:
+    """Restore weights (and optimizer, RNG) from a local checkpoint directory."""
+    directory = Path(directory)
+    model.load_state_dict(load_file(str(directory / "model.safetensors")))
+    if optimizer is not None:
+        optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
+    rng = torch.load(directory / "rng.pt", weights_only=True)
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return TrainerState.from_dict(json.loads((directory / TRAINER_STATE).read_text()))
+
+
+def latest_checkpoint_metrics(run_uri: str) -> dict[str, Any] | None:
+    """Metrics of the latest *committed* checkpoint of a run, from Ray Train's snapshot file."""
+    snapshot_uri = fs.join(run_uri, SNAPSHOT_FILE)
+    if not fs.exists(snapshot_uri):
+        return None
+    snapshot = json.loads(fs.read_bytes(snapshot_uri))
+    latest = snapshot.get("latest_checkpoint_result")
+    return latest.get("metrics") if latest else None
+
+
+def latest_data_position(run_uri: str) -> DataPosition:
+    """The data position stored with the run's latest committed checkpoint (fresh if none)."""
+    metrics = latest_checkpoint_metrics(run_uri) or {}
+    raw = metrics.get("data_position")
+    return DataPosition.from_dict(json.loads(raw) if isinstance(raw, str) else raw)

@@ -1,0 +1,247 @@
+"""The training driver: preflight, tokenizer, datasets, ``TorchTrainer``, result.
+
+``jobs/train_multimodal.py`` parses flags into a ``JobConfig`` and calls ``run``. Everything a
+run keeps lives under ``storage_path/name/``: ``config.json`` (resolved), ``tokenizer.json``,
+Ray Train's checkpoints and snapshot, ``model/`` (the exported model) and ``result.json``.
+Submitting the same name again resumes from the latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from multimodal import fs
+from multimodal.checkpoint import DataPosition, latest_checkpoint_metrics, latest_data_position
+from multimodal.job_config import ConfigError, JobConfig
+
+
+class PreflightError(RuntimeError):
+    """Something the run needs is missing; the message says what and how to fix it."""
+
+
+@dataclass
+class TrainData:
+    """The training shards as the driver sees them."""
+
+    uri: str
+    shard_names: list[str]
+    shard_rows: list[int]
+    rows: int
+    bytes: int
+    modalities: dict[str, Any]
+
+
+def run_uri(job: JobConfig) -> str:
+    storage = job.run.storage_path
+    if not fs.is_s3(storage):
+        storage = str(fs.filesystem_for(storage)[1])
+    return fs.join(storage, job.run.name)
+
+
+# --- preflight ---------------------------------------------------------------------------
+def describe_data(uri: str, role: str = "training") -> TrainData:
+    """Read the shard summary of ``uri``; fail with a clear message when the data is missing."""
+    from multimodal.data.schema import read_summary
+
+    try:
+        summary = read_summary(uri)
+    except OSError as exc:
+        raise PreflightError(f"{role} data {uri} is not reachable: {str(exc).splitlines()[0]}") from None
+    if summary is None:
+        raise PreflightError(f"{role} data {uri} has no _dataset.json shard summary; pack it first with "
+                             f"'slm-make-shards MANIFEST --out {uri}'")
+    if summary.rows == 0:
+        raise PreflightError(f"{role} data {uri} is empty (0 rows in _dataset.json)")
+    return TrainData(uri=uri, shard_names=[s["path"] for s in summary.shards],
+                     shard_rows=[int(s["rows"]) for s in summary.shards], rows=summary.rows,
+                     bytes=summary.bytes, modalities=summary.modalities)
+
+
+def check_writable(uri: str) -> None:
+    """Write and remove a probe object under ``uri``."""
+    probe = fs.join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        fs.write_bytes_atomic(probe, b"ok")
+        filesystem, path = fs.filesystem_for(probe)
+        filesystem.delete_file(path)
+    except OSError as exc:
+        raise PreflightError(f"storage path {uri} is not writable: {str(exc).splitlines()[0]}") from None
+
+
+def check_cluster(job: JobConfig) -> dict[str, float]:
+    """The cluster must hold the workers asked for, with CPU left for Ray Data's decoders."""
+    import ray
+
+    resources = ray.cluster_resources()
+    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
+    need_cpus = job.run.num_workers * job.run.cpus_per_worker
+    if job.run.use_gpu and gpus < job.run.num_workers:
+        raise PreflightError(f"--use-gpu with {job.run.num_workers} workers needs {job.run.num_workers} GPUs; "
+                             f"the cluster has {gpus:g}. Lower --num-workers or add GPU nodes")
+    if cpus < need_cpus + 0.5:
+        raise PreflightError(f"{job.run.num_workers} workers x {job.run.cpus_per_worker:g} CPU leave no CPU for "
+                             f"data decoding on a cluster with {cpus:g} CPUs; lower --num-workers or "
+                             f"--cpus-per-worker (e.g. 0.5)")
+    return {"CPU": cpus, "GPU": gpus}
+
+
+def storage_estimate(data: TrainData) -> dict[str, Any]:
+    """The storage calculator's view of the training data (from its summary)."""
+    from storage_calc.measure import measure
+
+    measurement = measure(data.uri)
+    return measurement.to_dict() if hasattr(measurement, "to_dict") else dict(measurement)
+
+
+# --- tokenizer and datasets --------------------------------------------------------------
+def prepare_tokenizer(job: JobConfig, run: str) -> str:
+    """The URI of the run's tokenizer: the given one, the run's saved one, or one trained now."""
+    from multimodal.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer_from_dataset
+
+    target = fs.join(run, "tokenizer.json")
+    if fs.exists(target):
+        return target
+    if job.data.tokenizer:
+        save_tokenizer(load_tokenizer(job.data.tokenizer), target)
+    else:
+        print(f"training a byte-level BPE tokenizer (vocab {job.data.vocab_size}) on {job.data.train}",
+              flush=True)
+        train_tokenizer_from_dataset(job.data.train, job.data.vocab_size, target)
+    return target
+
+
+class ShardDatasetFactory:
+    """Builds a Ray Dataset when Ray Train (re)starts its worker group.
+
+    With ``resume=True`` it reads the latest committed checkpoint's data position and keeps only
+    the shards that position had not finished, so an epoch interrupted by a worker failure or a
+    resubmission continues with the unread shards instead of starting over.
+    """
+
+    def __init__(self, data: TrainData, media: dict[str, Any], tokenizer_uri: str, run: str,
+                 resume: bool, max_consecutive_failures: int, concurrency: int):
+        self.data, self.media, self.tokenizer_uri, self.run = data, media, tokenizer_uri, run
+        self.resume, self.max_consecutive_failures, self.concurrency = (
+            resume, max_consecutive_failures, concurrency)
+
+    def shards(self) -> list[str]:
+        if not self.resume:
+            return list(self.data.shard_names)
+        position = latest_data_position(self.run)
+        remaining = position.remaining_shards(self.data.shard_rows)
+        return [self.data.shard_names[i] for i in remaining] or list(self.data.shard_names)
+
+    def __call__(self):
+        from multimodal.config import MediaSpec
+        from multimodal.data.pipeline import build_dataset
+        from multimodal.data.tokenizer import load_tokenizer
+
+        return build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
+                             load_tokenizer(self.tokenizer_uri), shards=self.shards(),
+                             max_consecutive_failures=self.max_consecutive_failures,
+                             concurrency=self.concurrency)
+
+
+def total_steps(job: JobConfig, data: TrainData) -> int:
+    per_step = job.train.batch_size * job.run.num_workers * job.train.grad_accum_steps
+    epoch_steps = max(1, data.rows // per_step)
+    planned = epoch_steps * job.train.num_epochs
+    return min(planned, job.train.max_steps) if job.train.max_steps else planned
+
+
+def _ray_init() -> None:
+    """Connect to (or start) Ray, handing the AWS_* settings to every worker."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    job_env: dict[str, str] = {}
+    injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
+    if injected:
+        job_env = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
+    env_vars = {k: v for k, v in fs.aws_env_vars().items() if k not in job_env}
+    env_vars.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
+    ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+
+
+# --- the run -----------------------------------------------------------------------------
+def run(job: JobConfig) -> dict[str, Any]:
+    """Preflight, train with Ray Train, export, and return (and store) the result."""
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from multimodal.training import TRAIN, TRAIN_RESUME, VAL, train_loop_per_worker
+
+    if not job.data.train:
+        raise ConfigError("config error: data.train: no training data; pass --data s3://bucket/prefix")
+    started = time.time()
+    run = run_uri(job)
+    train_data = describe_data(job.data.train)
+    val_data = describe_data(job.data.val, "validation") if job.data.val else None
+    check_writable(run)
+    _ray_init()
+    resources = check_cluster(job)
+    estimate = storage_estimate(train_data)
+    print(f"preflight: {train_data.rows} samples in {len(train_data.shard_names)} shards "
+          f"({train_data.bytes / 1e6:.1f} MB) at {train_data.uri}; cluster {resources}; "
+          f"storage estimate {json.dumps(estimate)}", flush=True)
+
+    tokenizer_uri = prepare_tokenizer(job, run)
+    from multimodal.data.tokenizer import load_tokenizer
+
+    model_cfg = job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
+    resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
+    fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
+    previous = latest_checkpoint_metrics(run)
+    if previous:
+        print(f"run {job.run.name} has a checkpoint at step {previous.get('step')}: resuming", flush=True)
+
+    media = model_cfg.media.model_dump()
+    factory_args = dict(media=media, tokenizer_uri=tokenizer_uri, run=run,
+                        max_consecutive_failures=job.data.max_consecutive_failures,
+                        concurrency=job.data.decode_concurrency)
+    datasets: dict[str, Any] = {
+        TRAIN: ShardDatasetFactory(train_data, resume=False, **factory_args),
+        TRAIN_RESUME: ShardDatasetFactory(train_data, resume=True, **factory_args),
+    }
+    if val_data:
+        datasets[VAL] = ShardDatasetFactory(val_data, resume=False, **factory_args)
+    steps = total_steps(job, train_data)
+    loop_config = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
+                   "run_uri": run, "shard_rows": train_data.shard_rows, "total_steps": steps,
+                   "tokenizer_uri": tokenizer_uri, "datasets": sorted(datasets)}
+    scaling = ScalingConfig(num_workers=job.run.num_workers, use_gpu=job.run.use_gpu,
+                            resources_per_worker={"CPU": job.run.cpus_per_worker,
+                                                  **({"GPU": 1} if job.run.use_gpu else {})})
+    checkpoints = (CheckpointConfig(num_to_keep=job.train.keep_checkpoints, checkpoint_score_attribute="val_loss",
+                                    checkpoint_score_order="min") if val_data
+                   else CheckpointConfig(num_to_keep=job.train.keep_checkpoints))
+    storage_path = run.rsplit("/", 1)[0]
+    trainer = TorchTrainer(
+        train_loop_per_worker, train_loop_config=loop_config, scaling_config=scaling,
+        datasets=datasets,
+        run_config=RunConfig(name=job.run.name, storage_path=storage_path,
+                             failure_config=FailureConfig(max_failures=job.run.max_failures),
+                             checkpoint_config=checkpoints,
+                             worker_runtime_env={"env_vars": {**fs.aws_env_vars(),
+                                                              "RAY_CHDIR_TO_TRIAL_DIR": "0"}}),
+    )
+    outcome = trainer.fit()
+    result = dict(outcome.return_value or {})
+    result.update({"name": job.run.name, "run_uri": run, "preset": model_cfg.preset,
+                   "resumed_run": previous is not None, "resumed_run_from_step": (previous or {}).get("step"),
+                   "wall_seconds": round(time.time() - started, 1),
+                   "data": {"train": train_data.uri, "rows": train_data.rows,
+                            "val": val_data.uri if val_data else None},
+                   "checkpoint": outcome.checkpoint.path if outcome.checkpoint else None})
+    fs.write_bytes_atomic(fs.join(run, "result.json"), json.dumps(result, indent=1).encode())
+    return result
+
+
+__all__ = ["run", "PreflightError", "DataPosition", "describe_data", "ShardDatasetFactory"]
