@@ -42,7 +42,14 @@ class MediaSpec(StrictModel):
 
 
 class CoreConfig(StrictModel):
-    """The LLaMA-style language core (the seed's ``SLMOtak`` section)."""
+    """The LLaMA-style language core (the seed's ``SLMOtak`` section: width 512, 8 heads, 6 layers,
+    dropout 0.1). ``intermediate_size`` 1376 is LLaMA's SwiGLU 8/3 x width rounded up to 32.
+
+    The defaults (and the encoder defaults below) are the ``slm-63m`` preset: core 51,747,328
+    parameters (embeddings 16,384,000 + 6 layers 18,978,816 + norm 512 + untied LM head
+    16,384,000), encoders 3.62M + 3.81M + 3.76M (width 256, 4 layers each) and 1,536 for the
+    modality embeddings: 62,938,112 in all, 0.16% under the seed's 63,037,440.
+    """
 
     hidden_size: int = Field(512, ge=8)
     num_heads: int = Field(8, ge=1)
@@ -60,7 +67,7 @@ class ImageEncoderConfig(StrictModel):
 
     patch_size: int = Field(8, ge=1)
     dim: int = Field(256, ge=8)
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     num_tokens: int = Field(4, ge=1)
 
@@ -69,7 +76,7 @@ class AudioEncoderConfig(StrictModel):
     """Log-mel frames + conv subsampling + a small transformer, pooled to ``num_tokens``."""
 
     dim: int = Field(256, ge=8)
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     num_tokens: int = Field(4, ge=1)
 
@@ -79,7 +86,7 @@ class VideoEncoderConfig(StrictModel):
 
     patch_size: int = Field(16, ge=1)
     dim: int = Field(256, ge=8)
-    num_layers: int = Field(2, ge=1)
+    num_layers: int = Field(4, ge=1)
     num_heads: int = Field(4, ge=1)
     num_tokens: int = Field(4, ge=1)
 
@@ -110,6 +117,7 @@ def _tiny() -> ModelConfig:
 
 
 def _slm_63m() -> ModelConfig:
+    """The seed's SLM: a 512/8/6 LLaMA core, vocab 32000, three width-256 encoders (~63.0M)."""
     return ModelConfig(preset="slm-63m")
 
 
