@@ -1,0 +1,145 @@
+"""Training batches from a Ray ``DataIterator``: invalid rows dropped, per-batch statistics.
+
+``iter_training_batches(it, batch_size)`` wraps ``it.iter_torch_batches`` (``it`` comes from
+``ray.train.get_dataset_shard``, ``dataset.iterator()`` or ``dataset.streaming_split``) and yields
+``(batch, stats)``: ``batch`` holds exactly the keys of ``multimodal/batch.py`` as torch tensors
+(rows with ``sample_valid == False`` removed, so a batch can be smaller than ``batch_size``), and
+``stats`` is a ``BatchStats`` for the rows that came out of the pipeline for this batch (dropped
+ones included). When every row of a batch is dropped its stats are carried into the next batch;
+if the stream ends that way, one last batch with **zero rows** carries them (check
+``batch["input_ids"].shape[0]`` before a forward pass).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from multimodal.batch import MODALITIES, TEXT_KEYS, present_key
+
+CONTRACT_KEYS: tuple[str, ...] = (*TEXT_KEYS, *MODALITIES, *(present_key(m) for m in MODALITIES))
+
+
+@dataclass
+class BatchStats:
+    """Counts for one batch (or, summed with ``+``/``merge``, for an epoch)."""
+
+    rows: int = 0  # rows read from the pipeline (valid + dropped)
+    valid: int = 0  # rows yielded
+    dropped: int = 0  # rows with sample_valid False
+    samples: dict[str, int] = field(default_factory=lambda: {m: 0 for m in ("text", *MODALITIES)})
+    bad: dict[str, int] = field(default_factory=lambda: {m: 0 for m in MODALITIES})
+    rows_per_shard: dict[int, int] = field(default_factory=dict)  # all rows, dropped included
+    wait_s: float = 0.0  # seconds spent waiting for data
+
+    def merge(self, other: "BatchStats") -> "BatchStats":
+        self.rows += other.rows
+        self.valid += other.valid
+        self.dropped += other.dropped
+        for key, value in other.samples.items():
+            self.samples[key] = self.samples.get(key, 0) + value
+        for key, value in other.bad.items():
+            self.bad[key] = self.bad.get(key, 0) + value
+        for key, value in other.rows_per_shard.items():
+            self.rows_per_shard[key] = self.rows_per_shard.get(key, 0) + value
+        self.wait_s += other.wait_s
+        return self
+
+    def __add__(self, other: "BatchStats") -> "BatchStats":
+        return BatchStats().merge(self).merge(other)
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "valid": self.valid, "dropped": self.dropped,
+                "samples": dict(self.samples), "bad": dict(self.bad),
+                "rows_per_shard": {int(k): int(v) for k, v in self.rows_per_shard.items()},
+                "wait_s": round(self.wait_s, 4)}
+
+
+def _to_numpy(value):
+    if hasattr(value, "detach"):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+def batch_stats(batch: dict, wait_s: float = 0.0) -> tuple[BatchStats, np.ndarray]:
+    """Stats of one pipeline batch (numpy or torch) and its ``sample_valid`` mask."""
+    valid = _to_numpy(batch["sample_valid"]).astype(bool) if "sample_valid" in batch else None
+    n = int(_to_numpy(batch["input_ids"]).shape[0])
+    if valid is None:
+        valid = np.ones(n, bool)
+    stats = BatchStats(rows=n, valid=int(valid.sum()), dropped=int(n - valid.sum()), wait_s=wait_s)
+    mask = _to_numpy(batch["attention_mask"])
+    labels = _to_numpy(batch["labels"])
+    has_text = ((labels >= 0) & (mask > 0)).sum(axis=1) > 1  # more than the closing <eos>
+    stats.samples["text"] = int((has_text & valid).sum())
+    for modality in MODALITIES:
+        stats.samples[modality] = int((_to_numpy(batch[present_key(modality)]).astype(bool) & valid).sum())
+        key = f"bad_{modality}"
+        if key in batch:
+            stats.bad[modality] = int(_to_numpy(batch[key]).astype(bool).sum())
+    if "shard_id" in batch:
+        ids, counts = np.unique(_to_numpy(batch["shard_id"]), return_counts=True)
+        stats.rows_per_shard = {int(i): int(c) for i, c in zip(ids, counts)}
+    return stats, valid
+
+
+def iter_training_batches(data_iterator, batch_size: int, device=None, drop_last: bool = False,
+                          *, prefetch_batches: int = 1, keep_ids: bool = False
+                          ) -> Iterator[tuple[dict, BatchStats]]:
+    """``(batch, stats)`` pairs from a Ray ``DataIterator`` (see the module docstring).
+
+    ``device``: torch device for the tensors (default: Ray's ``"auto"``, i.e. the Train worker's
+    device, CPU outside Train). ``keep_ids=True`` also keeps ``sample_id`` and ``shard_id``.
+    """
+    import torch
+
+    kwargs = {"batch_size": batch_size, "drop_last": drop_last, "prefetch_batches": prefetch_batches,
+              "device": device if device is not None else "auto"}
+    source = iter(data_iterator.iter_torch_batches(**kwargs))
+    keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+    pending: BatchStats | None = None
+    last_batch = None
+    while True:
+        started = time.perf_counter()
+        try:
+            batch = next(source)
+        except StopIteration:
+            break
+        stats, valid = batch_stats(batch, time.perf_counter() - started)
+        if pending is not None:
+            stats = pending.merge(stats)
+            pending = None
+        if stats.valid == 0 and not valid.any():
+            pending = stats
+            last_batch = batch
+            continue
+        if valid.all():
+            out = {k: batch[k] for k in keys}
+        else:
+            index = torch.from_numpy(np.flatnonzero(valid)).to(batch["input_ids"].device)
+            out = {k: batch[k].index_select(0, index) for k in keys}
+        yield out, stats
+    if pending is not None and last_batch is not None:
+        yield {k: last_batch[k][:0] for k in keys}, pending
+
+
+def collate_numpy(rows: Iterable[dict]) -> dict[str, np.ndarray]:
+    """Stack per-sample dicts (e.g. from ``SampleProcessor`` outside Ray) into one numpy batch."""
+    rows = list(rows)
+    if not rows:
+        raise ValueError("no rows to collate")
+    return {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
+
+
+def to_torch(batch: dict[str, np.ndarray], device=None) -> dict:
+    """A numpy batch → torch tensors (contract keys and any other numeric keys)."""
+    import torch
+
+    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
+
+
+__all__ = ["BatchStats", "iter_training_batches", "batch_stats", "collate_numpy", "to_torch",
+           "CONTRACT_KEYS"]

@@ -1,0 +1,263 @@
+"""The streaming Ray Dataset for training: shards (Parquet or WebDataset) → decoded fixed-shape rows.
+
+``build_dataset(uri, spec, tokenizer)`` reads Parquet shards listed in ``<uri>/_dataset.json``
+(or ``.tar`` WebDataset shards) from a local path or S3, and decodes every sample on CPU in
+``map_batches`` actors (``SampleProcessor``): images with Pillow, audio with soundfile +
+torchaudio, video with PyAV, text with the ``tokenizers`` tokenizer.
+
+Output columns (all numeric numpy, so ``iter_torch_batches()``'s default collate works): every
+key of ``multimodal/batch.py`` plus
+
+- ``shard_id`` int64: index of the row's shard in the summary's shard list (or in the sorted
+  list of all tars under the prefix); stable whatever ``shards=`` subset is read;
+- ``sample_id`` int64: unique per sample (the row number in the whole dataset for Parquet, a 63-bit hash of
+  ``<tar name>/<key>`` for WebDataset), for exactly-once checks;
+- ``bad_image``/``bad_audio``/``bad_video`` bool: the sample had that modality but it failed to
+  decode (its tensor is zeros and ``<m>_present`` is False);
+- ``sample_valid`` bool: False when the sample had media and *all* of them failed (its caption
+  describes something that is not there), or when it has neither text nor media. Invalid rows are
+  **kept** in the dataset so the counts survive to the consumer; ``loader.iter_training_batches``
+  drops them and counts them.
+
+A run of more than ``max_consecutive_failures`` media decode failures in one shard (no successful
+decode in between) raises ``DatasetBrokenError`` naming the shard: that is a broken dataset, not
+a few bad files. S3 endpoint and credentials come from the AWS_* environment; they are put into
+the read and decode tasks' runtime env so every Ray worker sees them. Transient S3 errors are
+retried with exponential backoff by the pyarrow S3 filesystem (``fs.S3_RETRY_ATTEMPTS``) and again
+by Ray Data's retrying filesystem wrapper before a read fails.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from collections.abc import Sequence
+
+import numpy as np
+
+from multimodal import fs
+from multimodal.batch import MODALITIES, empty_batch, present_key
+from multimodal.config import MediaSpec
+from multimodal.data import schema
+from multimodal.data.decode import DECODERS, MediaDecodeError
+from multimodal.data.tokenizer import as_tokenizer, encode_sample
+from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
+
+EXTRA_COLUMNS: tuple[str, ...] = ("shard_id", "sample_id", "bad_image", "bad_audio", "bad_video",
+                                  "sample_valid")
+DEFAULT_BATCH_SIZE = 32
+DEFAULT_CONCURRENCY = 2
+WDS_META = ("__key__", "__url__")
+
+
+class DatasetBrokenError(RuntimeError):
+    """Too many consecutive undecodable samples in one shard."""
+
+
+def wds_sample_id(shard: str, key: str) -> int:
+    digest = hashlib.blake2b(f"{shard}/{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+def _as_str(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value).decode("utf-8", errors="replace")
+    if isinstance(value, float) and np.isnan(value):
+        return ""
+    return str(value)
+
+
+def _as_bytes(value) -> bytes | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, np.ndarray):  # a decoded image from a wds decoder: not supported here
+        return None
+    return bytes(value)
+
+
+class SampleProcessor:
+    """Decodes a batch of shard rows into contract rows; usable in and outside Ray.
+
+    ``tokenizer``: a ``tokenizers.Tokenizer``, its JSON string, or a ``tokenizer.json`` path/URI.
+    ``shard_names``: the full, ordered shard list, so ``shard_id`` and error messages are right.
+    """
+
+    def __init__(self, spec: MediaSpec | dict, tokenizer, shard_names: Sequence[str],
+                 max_consecutive_failures: int = 100, torch_threads: int | None = 1):
+        if torch_threads:
+            import torch
+
+            torch.set_num_threads(torch_threads)
+        self.spec = spec if isinstance(spec, MediaSpec) else MediaSpec(**spec)
+        self.tokenizer = as_tokenizer(tokenizer)
+        self.shard_names = list(shard_names)
+        self.shard_index = {name: i for i, name in enumerate(self.shard_names)}
+        self.max_consecutive_failures = int(max_consecutive_failures)
+        self.failure_runs: dict[int, int] = {}
+
+    # rows in the Parquet shard schema -------------------------------------------------------
+    def _rows_from_batch(self, batch: dict) -> list[dict]:
+        n = len(next(iter(batch.values()))) if batch else 0
+        if "__key__" in batch:
+            return self._rows_from_wds(batch, n)
+        paths = batch.get("path")
+        rows = []
+        for i in range(n):
+            shard = posixpath.basename(str(paths[i])) if paths is not None else ""
+            row = {"shard_id": self.shard_index.get(shard, -1),
+                   "sample_id": int(batch["sample_id"][i]) if "sample_id" in batch else i,
+                   "text": _as_str(batch["text"][i]) if "text" in batch else "",
+                   "prompt": _as_str(batch["prompt"][i]) if "prompt" in batch else ""}
+            for modality in MODALITIES:
+                row[modality] = _as_bytes(batch[modality][i]) if modality in batch else None
+            rows.append(row)
+        return rows
+
+    def _rows_from_wds(self, batch: dict, n: int) -> list[dict]:
+        suffixes = [c for c in batch if c not in WDS_META]
+        rows = []
+        for i in range(n):
+            key = _as_str(batch["__key__"][i])
+            shard = tar_name(_as_str(batch["__url__"][i])) if "__url__" in batch else ""
+            members = {s: _as_bytes(batch[s][i]) for s in suffixes}
+            mapped = map_members(key, members)
+            mapped["shard_id"] = self.shard_index.get(shard, -1)
+            mapped["sample_id"] = wds_sample_id(shard, key)
+            rows.append(mapped)
+        return rows
+
+    # decoding --------------------------------------------------------------------------------
+    def _note(self, shard_id: int, ok: bool, error: Exception | None = None) -> None:
+        if ok:
+            self.failure_runs[shard_id] = 0
+            return
+        run = self.failure_runs.get(shard_id, 0) + 1
+        self.failure_runs[shard_id] = run
+        if run > self.max_consecutive_failures:
+            name = self.shard_names[shard_id] if 0 <= shard_id < len(self.shard_names) else "<unknown shard>"
+            raise DatasetBrokenError(
+                f"shard {name}: {run} consecutive samples with undecodable media (limit "
+                f"{self.max_consecutive_failures}); the dataset looks broken. Last error: {error}")
+
+    def process_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        out = empty_batch(self.spec, len(rows))
+        extra = {"shard_id": np.zeros(len(rows), np.int64), "sample_id": np.zeros(len(rows), np.int64),
+                 "sample_valid": np.zeros(len(rows), bool)}
+        for modality in MODALITIES:
+            extra[f"bad_{modality}"] = np.zeros(len(rows), bool)
+        max_len = self.spec.max_text_tokens
+        for i, row in enumerate(rows):
+            shard_id = int(row["shard_id"])
+            extra["shard_id"][i] = shard_id
+            extra["sample_id"][i] = int(row["sample_id"])
+            had_media = good_media = 0
+            for modality in MODALITIES:
+                data = row.get(modality)
+                if data is None:
+                    continue
+                had_media += 1
+                try:
+                    out[modality][i] = DECODERS[modality](data, self.spec)
+                except MediaDecodeError as exc:
+                    extra[f"bad_{modality}"][i] = True
+                    self._note(shard_id, False, exc)
+                    continue
+                out[present_key(modality)][i] = True
+                good_media += 1
+                self._note(shard_id, True)
+            text, prompt = row.get("text") or "", row.get("prompt") or ""
+            ids, mask, labels = encode_sample(self.tokenizer, text, prompt, max_len)
+            out["input_ids"][i], out["attention_mask"][i], out["labels"][i] = ids, mask, labels
+            extra["sample_valid"][i] = good_media > 0 if had_media else bool(text)
+        out.update(extra)
+        return out
+
+    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
+        return self.process_rows(self._rows_from_batch(batch))
+
+
+def output_columns() -> list[str]:
+    from multimodal.batch import TEXT_KEYS
+
+    return [*TEXT_KEYS, *MODALITIES, *(present_key(m) for m in MODALITIES), *EXTRA_COLUMNS]
+
+
+def resolve_shards(uri: str | Sequence[str], shards: Sequence[str] | None = None
+                   ) -> tuple[str, list[str], list[str]]:
+    """``(kind, all_shard_names, uris_to_read)`` for a Parquet prefix or WebDataset tars.
+
+    ``kind`` is ``"parquet"`` or ``"webdataset"``. ``shards`` picks a subset by name.
+    """
+    if isinstance(uri, str) and not uri.endswith(".tar"):
+        summary = schema.read_summary(uri)
+        if summary is not None:
+            root = schema.dataset_root(uri)
+            names = summary.shard_names
+            chosen = _select(names, shards, uri)
+            return "parquet", names, [fs.join(root, n) for n in chosen]
+    tars = list_tar_shards(uri)
+    if not tars:
+        raise FileNotFoundError(f"{uri}: no {schema.SUMMARY_NAME} (run slm-make-shards) and no .tar shards")
+    names = [tar_name(t) for t in tars]
+    by_name = dict(zip(names, tars))
+    chosen = _select(names, shards, uri)
+    return "webdataset", names, [by_name[n] for n in chosen]
+
+
+def _select(names: list[str], shards: Sequence[str] | None, uri) -> list[str]:
+    if shards is None:
+        return list(names)
+    wanted = [posixpath.basename(str(s)) for s in shards]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        raise ValueError(f"{uri}: unknown shard(s) {unknown}; the dataset has {len(names)} shards")
+    return [n for n in names if n in set(wanted)]
+
+
+def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
+                  shards: list[str] | None = None, max_consecutive_failures: int = 100,
+                  batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int | tuple[int, int] = DEFAULT_CONCURRENCY,
+                  num_cpus: float = 1.0, runtime_env: dict | None = None,
+                  override_num_blocks: int | None = None):
+    """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
+
+    ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
+    list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
+    URI. ``batch_size``/``concurrency``/``num_cpus``: of the decode actors (``map_batches``).
+    ``runtime_env``: for the read and decode tasks; default passes the driver's AWS_* variables.
+    """
+    import ray
+
+    kind, names, paths = resolve_shards(uri, shards)
+    if not paths:
+        raise ValueError(f"{uri}: no shards selected")
+    first = paths[0]
+    filesystem, _ = fs.filesystem_for(first)
+    read_paths = [fs.filesystem_for(p)[1] for p in paths]
+    if runtime_env is None:
+        env = fs.aws_env_vars()
+        runtime_env = {"env_vars": env} if env and fs.is_s3(first) else {}
+    remote = {"runtime_env": runtime_env} if runtime_env else {}
+    tok = as_tokenizer(tokenizer).to_str()
+    if kind == "parquet":
+        columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
+        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, columns=columns,
+                                        include_paths=True, override_num_blocks=override_num_blocks,
+                                        **remote)
+    else:
+        dataset = ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None,
+                                           override_num_blocks=override_num_blocks, **remote)
+    return dataset.map_batches(
+        SampleProcessor,
+        fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures),
+        batch_size=batch_size, batch_format="numpy", concurrency=concurrency, num_cpus=num_cpus,
+        **remote,
+    )
+
+
+__all__ = ["build_dataset", "SampleProcessor", "DatasetBrokenError", "resolve_shards",
+           "output_columns", "EXTRA_COLUMNS", "wds_sample_id"]
