@@ -14,9 +14,9 @@ Read it top to bottom:
    and takes next-token cross-entropy on the text labels only.
 
 A modality that a sample lacks keeps its token slots but they are zeroed and masked out of
-attention (no other position can see them), so they change nothing; a modality key missing from
-the batch dict contributes no tokens at all. Rotary positions are relative, so both give the same
-text logits.
+attention (no other position can see them) and take no rotary position, so they change nothing;
+a modality key missing from the batch dict contributes no tokens at all. Both give the same text
+logits.
 
 ``python -m multimodal.model --preset slm-63m`` prints the parameter count per part.
 """
@@ -173,13 +173,11 @@ def attention_mask_4d(key_valid: torch.Tensor, query_len: int) -> torch.Tensor:
     return allowed[:, None]
 
 
-def position_ids(num_media: int, text_valid: torch.Tensor) -> torch.Tensor:
-    """Media slots take positions ``0..M-1``; text tokens count on from ``M`` over real tokens
-    only, so left-padded prompts (generation) and right-padded captions (training) agree."""
-    b = text_valid.shape[0]
-    media = torch.arange(num_media, device=text_valid.device).expand(b, -1)
-    text = num_media + (text_valid.long().cumsum(1) - 1).clamp(min=0)
-    return torch.cat([media, text], dim=1)
+def position_ids(key_valid: torch.Tensor) -> torch.Tensor:
+    """Rotary positions that count real tokens only: absent media slots and padding take no
+    position, so a sample's text sits right after its present media (a flagged-absent modality
+    is then exactly like leaving it out) and left-padded prompts count from the same place."""
+    return (key_valid.long().cumsum(1) - 1).clamp(min=0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,7 +285,7 @@ class MultimodalSLM(nn.Module):
         embeds = torch.cat([media_tokens, text_tokens.to(media_tokens.dtype)], dim=1)
         key_valid = torch.cat([media_valid, text_valid], dim=1)
         num_media = media_tokens.shape[1]
-        return embeds, key_valid, position_ids(num_media, text_valid), num_media
+        return embeds, key_valid, position_ids(key_valid), num_media
 
     def forward(self, batch: dict[str, torch.Tensor]) -> MultimodalOutput:
         embeds, key_valid, positions, num_media = self.fuse(batch)
