@@ -249,12 +249,14 @@ class _Progress:
 
 def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT_TARGET_SHARD_BYTES,
                 strict: bool = False, *, row_group_bytes: float = DEFAULT_ROW_GROUP_BYTES,
-                progress=sys.stderr) -> DatasetSummary:
+                progress="stderr") -> DatasetSummary:
     """Pack ``manifest`` into Parquet shards under ``out_uri``; returns the written summary.
 
     Raises ``ManifestError`` for a bad manifest, or a missing media file when ``strict``.
-    ``progress`` is a text stream for progress and warnings (None: silent).
+    ``progress`` is a text stream for progress and warnings (default stderr; None: silent).
     """
+    if progress == "stderr":
+        progress = sys.stderr
     manifest = str(manifest)
     out_uri = str(out_uri).rstrip("/")
     if target_shard_bytes <= 0:
