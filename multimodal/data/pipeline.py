@@ -245,9 +245,9 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     tok = as_tokenizer(tokenizer).to_str()
     if kind == "parquet":
         columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
-        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, columns=columns,
-                                        include_paths=True, override_num_blocks=override_num_blocks,
-                                        **remote)
+        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True,
+                                        override_num_blocks=override_num_blocks, **remote)
+        dataset = dataset.select_columns([*columns, "path"])  # pushed down into the Parquet read
     else:
         dataset = ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None,
                                            override_num_blocks=override_num_blocks, **remote)
