@@ -32,13 +32,18 @@ def s3_region() -> str:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
 
 
-def s3_filesystem() -> pafs.S3FileSystem:
-    """A pyarrow S3 filesystem for the environment's endpoint, retrying transient errors."""
+def s3_filesystem(*, retries: int = S3_RETRY_ATTEMPTS, connect_timeout: float = 10,
+                  request_timeout: float = 60) -> pafs.S3FileSystem:
+    """A pyarrow S3 filesystem for the environment's endpoint, retrying transient errors.
+
+    The defaults suit data loading; an interactive tool that must fail fast on an unreachable
+    endpoint passes fewer ``retries`` and a shorter ``connect_timeout`` (seconds).
+    """
     kwargs: dict = {
         "region": s3_region(),
-        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_RETRY_ATTEMPTS),
-        "connect_timeout": 10,
-        "request_timeout": 60,
+        "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=retries),
+        "connect_timeout": connect_timeout,
+        "request_timeout": request_timeout,
     }
     endpoint = s3_endpoint()
     if endpoint:
