@@ -55,9 +55,11 @@ class DataSettings(StrictModel):
     train: str | None = Field(None, description="shard prefix (Parquet + _dataset.json, or WebDataset tars)")
     val: str | None = Field(None, description="validation shards; none = no validation")
     tokenizer: str | None = Field(None, description="tokenizer.json to use; none = train one on the data")
-    vocab_size: int = Field(512, ge=16, description="BPE vocabulary when the tokenizer is trained here")
+    vocab_size: int | None = Field(None, ge=260, description="BPE vocabulary when the tokenizer is trained "
+                                   "here (default: the preset's, 32000 for slm-63m)")
     max_consecutive_failures: int = Field(100, ge=1)
     decode_concurrency: int = Field(1, ge=1, description="Ray Data decode actors")
+    decode_cpus: float = Field(1.0, gt=0, description="logical CPUs per decode actor (0.5 on small machines)")
 
 
 class EarlyStopping(StrictModel):

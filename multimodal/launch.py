@@ -83,7 +83,7 @@ def check_cluster(job: JobConfig) -> dict[str, float]:
     if job.run.use_gpu and gpus < job.run.num_workers:
         raise PreflightError(f"--use-gpu with {job.run.num_workers} workers needs {job.run.num_workers} GPUs; "
                              f"the cluster has {gpus:g}. Lower --num-workers or add GPU nodes")
-    if cpus < need_cpus + 0.5:
+    if cpus < need_cpus + job.data.decode_cpus:
         raise PreflightError(f"{job.run.num_workers} workers x {job.run.cpus_per_worker:g} CPU leave no CPU for "
                              f"data decoding on a cluster with {cpus:g} CPUs; lower --num-workers or "
                              f"--cpus-per-worker (e.g. 0.5)")
@@ -109,9 +109,11 @@ def prepare_tokenizer(job: JobConfig, run: str) -> str:
     if job.data.tokenizer:
         save_tokenizer(load_tokenizer(job.data.tokenizer), target)
     else:
-        print(f"training a byte-level BPE tokenizer (vocab {job.data.vocab_size}) on {job.data.train}",
-              flush=True)
-        train_tokenizer_from_dataset(job.data.train, job.data.vocab_size, target)
+        vocab_size = job.data.vocab_size or job.model.resolve().core.vocab_size
+        print(f"training a byte-level BPE tokenizer (vocab <= {vocab_size}) on {job.data.train}", flush=True)
+        started = time.time()
+        train_tokenizer_from_dataset(job.data.train, vocab_size, target)
+        print(f"tokenizer saved to {target} ({time.time() - started:.1f}s)", flush=True)
     return target
 
 
@@ -124,10 +126,10 @@ class ShardDatasetFactory:
     """
 
     def __init__(self, data: TrainData, media: dict[str, Any], tokenizer_uri: str, run: str,
-                 resume: bool, max_consecutive_failures: int, concurrency: int):
+                 resume: bool, max_consecutive_failures: int, concurrency: int, num_cpus: float):
         self.data, self.media, self.tokenizer_uri, self.run = data, media, tokenizer_uri, run
-        self.resume, self.max_consecutive_failures, self.concurrency = (
-            resume, max_consecutive_failures, concurrency)
+        self.resume, self.max_consecutive_failures = resume, max_consecutive_failures
+        self.concurrency, self.num_cpus = concurrency, num_cpus
 
     def shards(self) -> list[str]:
         if not self.resume:
@@ -144,7 +146,7 @@ class ShardDatasetFactory:
         return build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
                              load_tokenizer(self.tokenizer_uri), shards=self.shards(),
                              max_consecutive_failures=self.max_consecutive_failures,
-                             concurrency=self.concurrency)
+                             concurrency=self.concurrency, num_cpus=self.num_cpus)
 
 
 def total_steps(job: JobConfig, data: TrainData) -> int:
@@ -205,7 +207,7 @@ def run(job: JobConfig) -> dict[str, Any]:
     media = model_cfg.media.model_dump()
     factory_args = dict(media=media, tokenizer_uri=tokenizer_uri, run=run,
                         max_consecutive_failures=job.data.max_consecutive_failures,
-                        concurrency=job.data.decode_concurrency)
+                        concurrency=job.data.decode_concurrency, num_cpus=job.data.decode_cpus)
     datasets: dict[str, Any] = {
         TRAIN: ShardDatasetFactory(train_data, resume=False, **factory_args),
         TRAIN_RESUME: ShardDatasetFactory(train_data, resume=True, **factory_args),

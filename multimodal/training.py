@@ -76,9 +76,9 @@ class _Counts:
         for shard, rows in stats.rows_per_shard.items():
             if 0 <= shard < self.num_shards:
                 self.rows_per_shard[shard] += rows
-        for modality, count in stats.samples_by_modality.items():
+        for modality, count in stats.samples.items():
             self.samples[modality] = self.samples.get(modality, 0) + count
-        for modality, count in stats.bad_by_modality.items():
+        for modality, count in stats.bad.items():
             self.bad[modality] = self.bad.get(modality, 0) + count
         self.dropped += stats.dropped
         self.tokens += tokens
@@ -236,7 +236,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state.epoch = epoch
         step_started = time.monotonic()
         for batch, stats in batches_for_epoch(epoch):
-            window_wait += stats.wait_seconds
+            window_wait += stats.wait_s
             scale = 1.0
             if batch["input_ids"].shape[0] == 0:  # every row was undecodable: keep DDP in step
                 if last_batch is None:
@@ -277,7 +277,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 metrics.record_step(step=state.step, loss=state.last_train_loss, learning_rate=lr,
                                     tokens_per_second=tokens_per_s, data_wait_fraction=wait_fraction,
                                     gpu_utilization=gpu_utilization())
-                metrics.record_samples(stats.samples_by_modality, stats.bad_by_modality)
+                metrics.record_samples(stats.samples, stats.bad)
                 if rank == 0:
                     print(f"step {state.step}/{total_steps} | epoch {epoch} | loss {state.last_train_loss:.4f}"
                           f" | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"

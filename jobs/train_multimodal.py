@@ -1,0 +1,98 @@
+"""Train the multimodal SLM with Ray Train.
+
+    ray job submit --working-dir . -- python jobs/train_multimodal.py \\
+        --data s3://bucket/shards/train --val-data s3://bucket/shards/val \\
+        --preset slm-63m --num-workers 4 --use-gpu --storage-path s3://bucket/runs --name my-run
+
+Also runs as plain ``python jobs/train_multimodal.py ...`` (starts or joins a local Ray).
+Ends with one line ``RESULT {json}``; the same JSON is stored at ``storage_path/name/result.json``.
+Exit codes: 0 done, 2 bad configuration or preflight failure, 1 training failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+if __package__ in (None, ""):  # `python jobs/train_multimodal.py` from the repository root
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from multimodal.job_config import ConfigError, JobConfig, build_config, deep_merge, dotted_override, read_config_file
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="train_multimodal", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Flags override the config file; --set KEY=VALUE overrides any other setting "
+               "(e.g. --set train.warmup_steps=50).")
+    parser.add_argument("--config", help="JSON or YAML config (ours, or the seed's main/SLM/SLMOtak/SLMTrainLoad file)")
+    parser.add_argument("--data", help="training shards: s3://bucket/prefix or a local folder (with _dataset.json)")
+    parser.add_argument("--val-data", help="validation shards (enables validation, early stopping, best-N checkpoints)")
+    parser.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the data")
+    parser.add_argument("--preset", help="model preset: tiny or slm-63m (default slm-63m)")
+    parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 2)")
+    parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker (NCCL, bf16)")
+    parser.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1; 0.5 on small machines)")
+    parser.add_argument("--storage-path", help="where runs live: s3://bucket/prefix or a local folder (default ./runs)")
+    parser.add_argument("--name", help="run name; submitting the same name again resumes it")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
+    parser.add_argument("--max-train-minutes", type=float, help="stop after this much training time")
+    parser.add_argument("--epochs", type=int, help="number of epochs (seed: main.num_epochs)")
+    parser.add_argument("--batch-size", type=int, help="per-worker batch size (seed: main.batch_size)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (seed: main.learning_rate)")
+    parser.add_argument("--val-every", type=int, help="validate and checkpoint every N steps")
+    parser.add_argument("--max-failures", type=int, help="worker-group restarts allowed (-1 = unlimited)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    return parser
+
+
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The flags that were given, in the config's layout."""
+    mapping = {
+        "data": ("data", "train"), "val_data": ("data", "val"), "tokenizer": ("data", "tokenizer"),
+        "preset": ("model", "preset"), "num_workers": ("run", "num_workers"), "use_gpu": ("run", "use_gpu"),
+        "cpus_per_worker": ("run", "cpus_per_worker"), "storage_path": ("run", "storage_path"),
+        "name": ("run", "name"), "max_failures": ("run", "max_failures"), "max_steps": ("train", "max_steps"),
+        "max_train_minutes": ("train", "max_train_minutes"), "epochs": ("train", "num_epochs"),
+        "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
+        "val_every": ("train", "val_every_steps"),
+    }
+    overrides: dict[str, Any] = {}
+    for attribute, (section, key) in mapping.items():
+        value = getattr(args, attribute)
+        if value is not None:
+            overrides.setdefault(section, {})[key] = value
+    for assignment in args.set:
+        overrides = deep_merge(overrides, dotted_override(assignment))
+    return overrides
+
+
+def load_job_config(argv: list[str] | None = None) -> tuple[JobConfig, argparse.Namespace]:
+    args = build_parser().parse_args(argv)
+    file_values = read_config_file(args.config) if args.config else {}
+    return build_config(file_values, flag_overrides(args)), args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from multimodal.launch import PreflightError, run
+
+    try:
+        job, args = load_job_config(argv)
+        if args.print_config:
+            print(json.dumps(job.model_dump(mode="json"), indent=1))
+            return 0
+        result = run(job)
+    except (ConfigError, PreflightError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
