@@ -222,15 +222,25 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
                   shards: list[str] | None = None, max_consecutive_failures: int = 100,
                   batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int | tuple[int, int] = DEFAULT_CONCURRENCY,
                   num_cpus: float = 1.0, runtime_env: dict | None = None,
-                  override_num_blocks: int | None = None):
+                  override_num_blocks: int | None = None, read_num_cpus: float = 0.25):
     """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
 
     ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
     URI. ``batch_size``/``concurrency``/``num_cpus``: of the decode actors (``map_batches``).
     ``runtime_env``: for the read and decode tasks; default passes the driver's AWS_* variables.
+    ``read_num_cpus``: CPUs reserved per read task. When the decode actors would take every CPU
+    of the cluster (which leaves the file-listing and read tasks unschedulable and hangs the
+    pipeline), each actor's ``num_cpus`` is lowered so one CPU stays free.
     """
     import ray
+
+    if ray.is_initialized():
+        cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+        actors = concurrency[1] if isinstance(concurrency, tuple) else concurrency
+        reserve = 1.0  # Ray Data's ListFiles step asks for one whole CPU
+        if cluster_cpus and actors * num_cpus > cluster_cpus - reserve:
+            num_cpus = max((cluster_cpus - reserve) / actors, 0.01)
 
     kind, names, paths = resolve_shards(uri, shards)
     if not paths:
@@ -246,11 +256,13 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     if kind == "parquet":
         columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
         dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True,
-                                        override_num_blocks=override_num_blocks, **remote)
+                                        override_num_blocks=override_num_blocks, num_cpus=read_num_cpus,
+                                        **remote)
         dataset = dataset.select_columns([*columns, "path"])  # pushed down into the Parquet read
     else:
         dataset = ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None,
-                                           override_num_blocks=override_num_blocks, **remote)
+                                           override_num_blocks=override_num_blocks,
+                                           num_cpus=read_num_cpus, **remote)
     return dataset.map_batches(
         SampleProcessor,
         fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures),
