@@ -134,6 +134,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     device = ray.train.torch.get_device()
     comm = _Distributed(device)
     torch.manual_seed(train.seed + rank)
+    # one intra-op thread per reserved CPU: oversubscribed threads make small models several
+    # times slower (measured in jobs/bench_model.py), and Ray Data decodes on the same cores
+    torch.set_num_threads(max(1, int(job.run.cpus_per_worker)))
 
     # --- model and optimizer --------------------------------------------------------------
     model = MultimodalSLM(model_cfg).to(device)

@@ -122,7 +122,9 @@ def ray_cluster(s3_server: S3Server, tmp_path_factory):
         num_cpus=RAY_TEST_CPUS,
         num_gpus=0,
         object_store_memory=600 * 1024**2,
-        include_dashboard=False,
+        include_dashboard=True,  # the state API (list_actors) that the fault tests use lives there
+        dashboard_host="127.0.0.1",
+        dashboard_port=free_port(),
         log_to_driver=False,
         _metrics_export_port=metrics_port,
         _temp_dir=str(Path("/tmp") / f"rt{uuid.uuid4().hex[:6]}"),

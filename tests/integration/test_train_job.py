@@ -1,0 +1,151 @@
+"""The training job end to end on the session's Ray cluster and S3 server (tiny preset, CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+import urllib.request
+
+import pytest
+
+from multimodal import fs
+from multimodal.checkpoint import latest_checkpoint_metrics
+from multimodal.data.demo_corpus import make_demo_corpus
+from multimodal.data.make_shards import make_shards
+from multimodal.job_config import build_config
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def demo_shards(tmp_path_factory, s3_server):
+    """A small demo corpus packed into many small shards on S3 (so an epoch spans shards)."""
+    bucket = s3_server.new_bucket("train")
+    corpus = make_demo_corpus(tmp_path_factory.mktemp("corpus"),
+                              {"image": 24, "audio": 24, "video": 24, "text": 8},
+                              splits={"train": 0.75, "val": 0.25}, seed=3)
+    uris = {}
+    for split, manifest in corpus.items():
+        uri = f"s3://{bucket}/shards/{split}"
+        make_shards(str(manifest), uri, target_shard_bytes=60_000 if split == "train" else 10**9,
+                    progress=None)
+        uris[split] = uri
+    return bucket, uris
+
+
+def job_config(bucket: str, uris: dict[str, str], name: str, **train) -> object:
+    return build_config({
+        "model": {"preset": "tiny"},
+        "data": {"train": uris["train"], "val": uris["val"], "vocab_size": 300, "decode_cpus": 0.5},
+        "train": {"batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "val_every_steps": 4,
+                  "log_every_steps": 2, "num_epochs": 50, **train},
+        "run": {"name": name, "storage_path": f"s3://{bucket}/runs", "num_workers": 2,
+                "cpus_per_worker": 0.5, "max_failures": 2},
+    })
+
+
+def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards):
+    from multimodal.launch import run
+
+    bucket, uris = demo_shards
+    result = run(job_config(bucket, uris, "basic", max_steps=12))
+
+    assert result["steps"] == 12
+    assert result["world_size"] == 2
+    assert result["last_train_loss"] < result["first_train_loss"]
+    assert result["best_val_loss"] is not None
+    # 60 rows split over 2 workers: 30 each per epoch, in batches of 4,4,4,4,4,4,4,2 (8 steps);
+    # 12 steps = one epoch (30 rows) + 4 batches of the next (16 rows), per worker
+    assert result["epochs_completed"] == 1
+    assert result["samples_by_modality"]["text"] == 2 * (30 + 16)
+    assert sum(result["samples_by_modality"][m] for m in ("image", "audio", "video")) > 0
+    assert result["bad_samples_by_modality"] == {"image": 0, "audio": 0, "video": 0}
+    assert result["resumed"] is False
+    keys = s3_server.keys(bucket, "runs/basic/")
+    assert "runs/basic/model/model.safetensors" in keys
+    assert "runs/basic/model/tokenizer.json" in keys
+    assert "runs/basic/result.json" in keys
+    assert any(k.startswith("runs/basic/checkpoint_step_0000012/") for k in keys)
+    stored = json.loads(fs.read_bytes(f"s3://{bucket}/runs/basic/result.json"))
+    assert stored["steps"] == 12 and stored["model_uri"] == f"s3://{bucket}/runs/basic/model"
+
+    # the project's metrics reached Ray's Prometheus endpoint
+    port = ray_cluster.metrics_export_port
+    deadline, text = time.monotonic() + 30, ""
+    while time.monotonic() < deadline and "ray_slm_train_loss" not in text:
+        time.sleep(2)
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    assert 'ray_slm_train_loss{' in text
+    assert 'ray_slm_samples_total{' in text and 'modality="image"' in text
+
+
+def test_resubmission_resumes_with_unfinished_shards(ray_cluster, demo_shards):
+    from multimodal.launch import run
+
+    bucket, uris = demo_shards
+    first = run(job_config(bucket, uris, "resume", max_steps=4))
+    assert first["steps"] == 4 and first["resumed"] is False
+    position = json.loads(latest_checkpoint_metrics(f"s3://{bucket}/runs/resume")["data_position"])
+    assert position["epoch"] == 0 and sum(position["rows_per_shard"].values()) == 4 * 2 * 4
+
+    second = run(job_config(bucket, uris, "resume", max_steps=8))
+    assert second["resumed_run"] is True and second["resumed_run_from_step"] == 4
+    assert second["resumed_from_steps"] == [4]
+    assert second["steps"] == 8
+    shards = second["resume_shards"]
+    assert shards["epoch"] == 0
+    assert shards["fully_read_at_checkpoint"], "the first run should finish at least one shard"
+    assert shards["read_after_resume"]
+    assert not set(shards["read_after_resume"]) & set(shards["fully_read_at_checkpoint"])
+
+
+def test_killed_worker_is_replaced_and_run_continues(ray_cluster, demo_shards):
+    from ray.util.state import list_actors
+
+    from multimodal.launch import run
+
+    bucket, uris = demo_shards
+    run_uri = f"s3://{bucket}/runs/killed"
+    killed: dict[str, int] = {}
+
+    def kill_a_worker_after_first_checkpoint() -> None:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            metrics = latest_checkpoint_metrics(run_uri) if fs.exists(run_uri + "/checkpoint_manager_snapshot.json") else None
+            if metrics and metrics.get("step", 0) >= 4:
+                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                if workers:
+                    killed["step"] = int(metrics["step"])
+                    killed["pid"] = int(workers[0]["pid"])
+                    os.kill(killed["pid"], signal.SIGKILL)
+                    return
+            time.sleep(0.5)
+
+    killer = threading.Thread(target=kill_a_worker_after_first_checkpoint, daemon=True)
+    killer.start()
+    result = run(job_config(bucket, uris, "killed", max_steps=16, log_every_steps=1))
+    killer.join(timeout=5)
+
+    assert killed, "no worker was killed"
+    assert result["steps"] == 16
+    assert len(result["resumed_from_steps"]) == 1
+    resumed = result["resumed_from_steps"][0]
+    # it restarted from the checkpoint that was the latest when the worker died (or the one
+    # right after it, if that upload completed before the kill landed)
+    assert resumed in (killed["step"], killed["step"] + 4)
+    assert resumed % 4 == 0
+
+
+def test_unreachable_data_fails_fast(ray_cluster, s3_server):
+    from multimodal.launch import PreflightError, run
+
+    bucket = s3_server.new_bucket("empty")
+    job = build_config({"model": {"preset": "tiny"}, "data": {"train": f"s3://{bucket}/nothing"},
+                        "run": {"storage_path": f"s3://{bucket}/runs", "cpus_per_worker": 0.5}})
+    started = time.monotonic()
+    with pytest.raises(PreflightError, match="slm-make-shards"):
+        run(job)
+    assert time.monotonic() - started < 30
