@@ -206,11 +206,14 @@ def build_config(file_values: dict[str, Any] | None = None,
 
 
 def dotted_override(assignment: str) -> dict[str, Any]:
-    """``train.learning_rate=3e-4`` → ``{"train": {"learning_rate": 3e-4}}`` (value parsed as YAML)."""
+    """``train.learning_rate=3e-4`` → ``{"train": {"learning_rate": 3e-4}}`` (value parsed as JSON, else YAML)."""
     key, sep, raw = assignment.partition("=")
     if not sep or not key:
         raise ConfigError(f"config error: --set {assignment!r}: use KEY=VALUE, e.g. train.batch_size=16")
-    value: Any = yaml.safe_load(raw) if raw else ""
+    try:  # JSON first: YAML 1.1 reads "3e-4" as a string
+        value: Any = json.loads(raw)
+    except json.JSONDecodeError:
+        value = yaml.safe_load(raw) if raw else ""
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
