@@ -7,7 +7,7 @@ A checkpoint directory holds
 | ``model.safetensors`` | model weights (safetensors: no pickle)                              |
 | ``optimizer.pt``      | AdamW state (tensors only; loaded with ``weights_only=True``)       |
 | ``rng.pt``            | torch CPU (and CUDA) RNG states                                     |
-| ``trainer_state.json``| step, epoch, data position, best validation loss, counters, scheduler |
+| ``trainer_state.json``| step, epoch, data position, best validation loss, counters, time used |
 
 Ray Train uploads the directory to ``storage_path/name/checkpoint_step_<N>`` and records it in
 ``checkpoint_manager_snapshot.json`` only once the upload is complete, so a half-written
@@ -77,7 +77,6 @@ class TrainerState:
     tokens_seen: int = 0
     train_seconds: float = 0.0
     resumed_from_steps: list[int] = field(default_factory=list)
-    scheduler: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

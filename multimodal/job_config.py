@@ -60,6 +60,8 @@ class DataSettings(StrictModel):
     max_consecutive_failures: int = Field(100, ge=1)
     decode_concurrency: int = Field(1, ge=1, description="Ray Data decode actors")
     decode_cpus: float = Field(1.0, gt=0, description="logical CPUs per decode actor (0.5 on small machines)")
+    cache_decoded: bool = Field(False, description="decode once and keep the decoded rows in Ray's object "
+                                "store for later epochs (small corpora only: ~80 KB per tiny-preset row)")
 
 
 class EarlyStopping(StrictModel):

@@ -126,10 +126,13 @@ class ShardDatasetFactory:
     """
 
     def __init__(self, data: TrainData, media: dict[str, Any], tokenizer_uri: str, run: str,
-                 resume: bool, max_consecutive_failures: int, concurrency: int, num_cpus: float):
+                 resume: bool, max_consecutive_failures: int, concurrency: int, num_cpus: float,
+                 cache_decoded: bool = False):
         self.data, self.media, self.tokenizer_uri, self.run = data, media, tokenizer_uri, run
         self.resume, self.max_consecutive_failures = resume, max_consecutive_failures
         self.concurrency, self.num_cpus = concurrency, num_cpus
+        # the resume dataset is read once (the rest of one epoch): never worth caching
+        self.cache_decoded = cache_decoded and not resume
 
     def shards(self) -> list[str]:
         if not self.resume:
@@ -143,10 +146,11 @@ class ShardDatasetFactory:
         from multimodal.data.pipeline import build_dataset
         from multimodal.data.tokenizer import load_tokenizer
 
-        return build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
-                             load_tokenizer(self.tokenizer_uri), shards=self.shards(),
-                             max_consecutive_failures=self.max_consecutive_failures,
-                             concurrency=self.concurrency, num_cpus=self.num_cpus)
+        dataset = build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
+                                load_tokenizer(self.tokenizer_uri), shards=self.shards(),
+                                max_consecutive_failures=self.max_consecutive_failures,
+                                concurrency=self.concurrency, num_cpus=self.num_cpus)
+        return dataset.materialize() if self.cache_decoded else dataset
 
 
 def total_steps(job: JobConfig, data: TrainData) -> int:
@@ -194,6 +198,9 @@ def run(job: JobConfig) -> dict[str, Any]:
           f"({train_data.bytes / 1e6:.1f} MB) at {train_data.uri}; cluster {resources}; "
           f"storage estimate {json.dumps(estimate)}", flush=True)
 
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
     tokenizer_uri = prepare_tokenizer(job, run)
     from multimodal.data.tokenizer import load_tokenizer
 
@@ -207,7 +214,8 @@ def run(job: JobConfig) -> dict[str, Any]:
     media = model_cfg.media.model_dump()
     factory_args = dict(media=media, tokenizer_uri=tokenizer_uri, run=run,
                         max_consecutive_failures=job.data.max_consecutive_failures,
-                        concurrency=job.data.decode_concurrency, num_cpus=job.data.decode_cpus)
+                        concurrency=job.data.decode_concurrency, num_cpus=job.data.decode_cpus,
+                        cache_decoded=job.data.cache_decoded)
     datasets: dict[str, Any] = {
         TRAIN: ShardDatasetFactory(train_data, resume=False, **factory_args),
         TRAIN_RESUME: ShardDatasetFactory(train_data, resume=True, **factory_args),

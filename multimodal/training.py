@@ -28,14 +28,20 @@ from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
 TRAIN, TRAIN_RESUME, VAL = "train", "train_resume", "val"
 
 
+def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio`` as ``progress`` → 1."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, max(0.0, progress))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
-    """Linear warmup to 1, then cosine decay to ``min_ratio`` at ``total_steps``."""
+    """The step-only schedule: cosine progress is ``(step - warmup) / (total - warmup)``."""
 
     def schedule(step: int) -> float:
-        if warmup_steps and step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return lr_factor(step, progress, warmup_steps, min_ratio)
 
     return schedule
 
@@ -53,9 +59,6 @@ class _Distributed:
         tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
-
-    def any(self, flag: bool) -> bool:
-        return self.sum([1.0 if flag else 0.0])[0] > 0
 
 
 class _Counts:
@@ -142,8 +145,19 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     model = MultimodalSLM(model_cfg).to(device)
     optimizer = model.configure_optimizer(lr=train.learning_rate, weight_decay=train.weight_decay,
                                           betas=(0.9, 0.95))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_lambda(train.warmup_steps, total_steps, train.min_lr_ratio))
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    def set_learning_rate(step: int, elapsed_seconds: float) -> float:
+        """Cosine progress is the larger of steps done and time used (with a time budget), so a
+        run stopped by ``max_train_minutes`` still ends on a decayed learning rate. ``elapsed``
+        is averaged over workers, so every rank sets the same rate."""
+        progress = (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps)
+        if train.max_train_minutes:
+            progress = max(progress, elapsed_seconds / (60 * train.max_train_minutes))
+        factor = lr_factor(step, progress, train.warmup_steps, train.min_lr_ratio)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+        return base_lrs[0] * factor
 
     # --- resume ---------------------------------------------------------------------------
     state = TrainerState()
@@ -152,7 +166,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = load_checkpoint(directory, model, optimizer)
-        scheduler.load_state_dict(state.scheduler)
         state.resumed_from_steps.append(state.step)
         if not state.position.is_fresh():
             resumed_position = DataPosition(state.position.epoch, dict(state.position.rows_per_shard))
@@ -193,7 +206,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         rows = counts.flush_into(state, comm)
         if resumed_position is not None and state.epoch == resumed_position.epoch:
             shards_read_after_resume.update(i for i, r in enumerate(rows) if r)
-        state.scheduler = scheduler.state_dict()
         improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
         if improved:
             state.best_val_loss = val_loss
@@ -260,9 +272,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             if not final_micro_step:
                 continue
             accumulated = 0
+            # the time budget uses the workers' mean elapsed time, so every rank agrees on it
+            elapsed = (comm.sum([time.monotonic() - started])[0] / world if train.max_train_minutes
+                       else time.monotonic() - started)
+            lr = set_learning_rate(state.step, elapsed)
             torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
             state.last_train_loss = float(loss)
@@ -276,7 +291,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             if state.step % train.log_every_steps == 0:
                 tokens_per_s = window_tokens * world / max(window_seconds, 1e-9)
                 wait_fraction = window_wait / max(window_seconds, 1e-9)
-                lr = scheduler.get_last_lr()[0]
                 metrics.record_step(step=state.step, loss=state.last_train_loss, learning_rate=lr,
                                     tokens_per_second=tokens_per_s, data_wait_fraction=wait_fraction,
                                     gpu_utilization=gpu_utilization())
@@ -288,11 +302,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                           f" | data wait {100 * wait_fraction:.0f}%", flush=True)
                 window_tokens, window_seconds, window_wait, window_samples = 0, 0.0, 0.0, 0
 
-            out_of_time = (train.max_train_minutes is not None
-                           and state.train_seconds > 60 * train.max_train_minutes)
             if train.max_steps is not None and state.step >= train.max_steps:
                 stop_reason = "max_steps"
-            elif comm.any(out_of_time):
+            elif train.max_train_minutes and elapsed > 60 * train.max_train_minutes:
                 stop_reason = "time_budget"
             if state.step % train.val_every_steps == 0 or stop_reason:
                 val_loss = validate()

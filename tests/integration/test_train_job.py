@@ -47,7 +47,7 @@ def job_config(bucket: str, uris: dict[str, str], name: str, **train) -> object:
     })
 
 
-def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards):
+def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards, tmp_path):
     from multimodal.launch import run
 
     bucket, uris = demo_shards
@@ -71,6 +71,20 @@ def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards):
     assert any(k.startswith("runs/basic/checkpoint_step_0000012/") for k in keys)
     stored = json.loads(fs.read_bytes(f"s3://{bucket}/runs/basic/result.json"))
     assert stored["steps"] == 12 and stored["model_uri"] == f"s3://{bucket}/runs/basic/model"
+
+    # the exported model evaluates: loss, perplexity and caption accuracy per modality group
+    from jobs.evaluate import main as evaluate_main
+
+    report_path = tmp_path / "eval.json"
+    assert evaluate_main(["--model", stored["model_uri"], "--data", uris["val"], "--json", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert set(report["groups"]) == {"image", "audio", "video", "text"}
+    assert report["samples"] == 20
+    for group in ("image", "audio", "video"):
+        score = report["groups"][group]
+        assert score["caption_samples"] == score["samples"] > 0
+        assert 0.0 <= score["caption_accuracy"] <= 1.0 and score["perplexity"] > 1.0
+    assert report["groups"]["text"]["caption_accuracy"] is None
 
     # the project's metrics reached Ray's Prometheus endpoint
     port = ray_cluster.metrics_export_port

@@ -236,10 +236,12 @@ def test_sampled_generation_is_reproducible_with_a_seeded_generator(cfg, model):
 def test_generation_stops_at_eos_and_reports_confidence(cfg):
     torch.manual_seed(0)
     model = MultimodalSLM(cfg).eval()
-    with torch.no_grad():
-        model.lm_head.weight.zero_()
-        model.lm_head.weight[EOS_ID] = 1.0  # always say <eos>: with a positive logit
-        model.core.norm.weight.fill_(1.0)
+    head = torch.nn.Linear(cfg.core.hidden_size, cfg.core.vocab_size, bias=True)
+    with torch.no_grad():  # always say <eos>: its logit is 5, every other logit 0
+        head.weight.zero_()
+        head.bias.zero_()
+        head.bias[EOS_ID] = 5.0
+    model.lm_head = head
     out = model.generate(image=media_inputs(cfg)["image"], max_new_tokens=5)
     for g in out:
         assert g.finished and g.token_ids == [] and g.mean_logprob < 0
