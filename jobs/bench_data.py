@@ -1,25 +1,41 @@
 """Data pipeline benchmark: samples/s per modality, Ray Data pipeline vs a single-process loop.
 
-Both sides read the same Parquet shards from S3 and run the same decode code
-(``multimodal.data.pipeline.SampleProcessor``: Pillow / soundfile+torchaudio / PyAV + tokenizer);
-the Ray side is ``build_dataset`` with ``--concurrency`` decode actors. Prints a table, the
-ratio, the memory seen while streaming, and a final ``RESULT {json}`` line.
+Both sides read the *same* Parquet shards from S3 and run the *same* decode code
+(``multimodal.data.pipeline.SampleProcessor``: Pillow / soundfile+torchaudio / PyAV + tokenizer,
+torch intra-op threads = 1 on both sides, so the comparison is per core):
 
-    python jobs/bench_data.py                       # starts a local moto S3 server + local Ray
-    ray job submit --working-dir . -- python jobs/bench_data.py --samples 200
-    AWS_ENDPOINT_URL=http://minio:9000 python jobs/bench_data.py --bucket my-bench-bucket
+- baseline: one Python process reads each shard with pyarrow from S3 and calls
+  ``SampleProcessor.process_rows`` batch after batch; timed end to end (S3 reads included);
+- Ray: ``build_dataset(...)`` with ``--concurrency`` decode actors, consumed on the driver with
+  ``iter_batches``. The clock starts after a warm-up (the first ``--warmup`` fraction of the rows),
+  so Ray start-up, actor start-up and imports are **excluded**; the end-to-end rate (including them)
+  is printed too.
 
-Without ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` in the environment it starts a moto S3 server
-on 127.0.0.1 itself (test credentials). With them it uses that endpoint (the bucket must exist or
-be creatable). "Steady" throughput counts from the first batch out of the pipeline (actor start-up
-excluded); "end-to-end" includes it.
+Memory: every second while the Ray side streams, the RSS of this driver plus every process of
+*this* Ray session (the raylet of this session's session dir and all its descendants: workers,
+decode actors, read tasks) is summed, and the plasma (object store) bytes in use are read from the
+raylet. The decoded stream is several times the object store (each decoded row carries all three
+modality tensors: ~0.48 MB under ``slm-63m``), so a flat curve means Ray Data's backpressure works.
+
+    python jobs/bench_data.py                       # starts moto S3 + a 2-CPU local Ray itself
+    python jobs/bench_data.py --modalities image,video --samples 20000
+    ray job submit --working-dir . -- python jobs/bench_data.py --samples 3000
+
+Without ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` it starts ``python -m moto.server`` on a free
+loopback port (test credentials) and stops it at the end. Generated corpora (encoded media packed
+into local Parquet shards by ``make_shards``) are cached in ``--cache-dir``; each run uploads them to
+a fresh bucket. Under ``ray job submit`` (``RAY_ADDRESS`` set) it joins that cluster instead of
+starting one; ``--num-cpus``/``--object-store-mb`` then do not apply. Output: a table on stdout,
+progress on stderr, and a final ``RESULT {json}`` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -34,31 +50,68 @@ from multimodal import fs  # noqa: E402
 from multimodal.config import MediaSpec, preset  # noqa: E402
 
 MODALITY_CHOICES = ("image", "audio", "video")
+# default samples per modality: sized so the Ray measured window is tens of seconds on 2 cores
+DEFAULT_SAMPLES = {"image": 20000, "audio": 2000, "video": 2400}
+DISTINCT_FILES = 64  # distinct encoded files per modality; rows cycle through them
+FLAT_SLACK_MB = 150.0
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
         description="Samples/s per modality from S3 shards through decode + preprocess: Ray Data "
-                    "pipeline vs a plain single-process loop over the same shards and functions.")
-    parser.add_argument("--samples", type=int, default=160,
-                        help="samples per modality (default 160; video uses half)")
-    parser.add_argument("--modalities", default="image,audio,video", help="comma list (default all)")
-    parser.add_argument("--preset", default="slm-63m", help="MediaSpec of this model preset (default slm-63m)")
+                    "pipeline (steady state, start-up excluded) vs a plain single-process loop over "
+                    "the same shards and the same SampleProcessor code.")
+    parser.add_argument("--samples", type=int, default=None,
+                        help="rows per modality (default: image %(image)d, audio %(audio)d, video %(video)d)"
+                        % DEFAULT_SAMPLES)
+    parser.add_argument("--modalities", default="image,audio,video",
+                        help="comma list of image,audio,video (default all three)")
+    parser.add_argument("--num-cpus", type=int, default=2,
+                        help="logical CPUs of the local Ray cluster this script starts (default 2 = cores here)")
     parser.add_argument("--concurrency", type=int, default=2, help="Ray decode actors (default 2)")
-    parser.add_argument("--batch-size", type=int, default=16, help="rows per decode batch (default 16)")
-    parser.add_argument("--source-image-size", type=int, default=320, help="pixels of the source JPEGs")
-    parser.add_argument("--source-video-size", type=int, default=128, help="pixels of the source videos")
-    parser.add_argument("--source-video-frames", type=int, default=48, help="frames per source video")
-    parser.add_argument("--object-store-mb", type=int, default=120,
-                        help="object store size when this script starts Ray itself (default 120)")
+    parser.add_argument("--actor-cpus", type=float, default=1.0,
+                        help="num_cpus asked per decode actor; build_dataset lowers it so one logical CPU "
+                             "stays free for listing/read tasks (default 1.0)")
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="rows per decode batch, per baseline batch and per consumed batch (default 32)")
+    parser.add_argument("--object-store-mb", type=int, default=256,
+                        help="object store of the local Ray cluster this script starts (default 256)")
+    parser.add_argument("--warmup", type=float, default=0.1,
+                        help="fraction of rows consumed before the Ray clock starts (default 0.1)")
+    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "slm-bench-data-cache"),
+                        help="where generated media + local shards are cached between runs "
+                             "(default %(default)s)")
+    parser.add_argument("--preset", default="slm-63m", help="MediaSpec of this model preset (default slm-63m)")
+    parser.add_argument("--image-px", type=int, default=256, help="source JPEG side (default 256)")
+    parser.add_argument("--video-px", type=int, default=128, help="source video side (default 128)")
+    parser.add_argument("--video-frames", type=int, default=24, help="frames per source MP4 (default 24)")
+    parser.add_argument("--audio-seconds", type=float, default=4.0, help="source clip length (default 4.0)")
     parser.add_argument("--bucket", default=None, help="S3 bucket to use (default: a new one)")
-    parser.add_argument("--skip-single", action="store_true", help="only run the Ray pipeline")
+    parser.add_argument("--skip-baseline", action="store_true", help="only run the Ray pipeline")
+    parser.add_argument("--read-blocks", type=int, default=None,
+                        help="override_num_blocks for the Parquet read (default: one per shard; 0 = Ray's "
+                             "default, which on 2.60 reads every shard in ONE task into ONE block, so only one "
+                             "decode actor gets work)")
+    parser.add_argument("--read-bin-mb", type=int, default=8,
+                        help="RAY_DATA_PARQUET_BIN_PACKING_BYTES in MiB: bytes of Parquet per read task "
+                             "(Ray 2.60 default 128 MiB packs a whole small dataset into ONE read task and ONE "
+                             "block, so one decode actor does all the work); 0 = Ray's default (default 8)")
+    parser.add_argument("--block-mb", type=int, default=16,
+                        help="DataContext.target_max_block_size in MiB (Ray default 128: ~270 decoded rows "
+                             "per block, half a small object store); 0 = Ray's default (default 16)")
+    parser.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats to stderr")
+    parser.add_argument("--skip-ray", action="store_true", help="only run the single-process baseline")
     return parser.parse_args(argv)
 
 
 # --------------------------------------------------------------------------------- S3 and data
 
 def ensure_s3() -> subprocess.Popen | None:
+    """Start a moto S3 server on a free loopback port unless an endpoint is configured."""
     if fs.s3_endpoint():
         return None
     with socket.socket() as sock:
@@ -66,14 +119,18 @@ def ensure_s3() -> subprocess.Popen | None:
         port = sock.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+    deadline = time.monotonic() + 60
+    while True:
         with socket.socket() as sock:
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 break
-        time.sleep(0.1)
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError("moto S3 server did not start (pip install 'moto[server]')")
+        time.sleep(0.2)
     os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"})
+    log(f"started moto S3 server pid {proc.pid} on 127.0.0.1:{port}")
     return proc
 
 
@@ -83,99 +140,258 @@ def create_bucket(name: str) -> None:
     client = boto3.client("s3", endpoint_url=fs.s3_endpoint(), region_name=fs.s3_region())
     try:
         client.create_bucket(Bucket=name)
-    except client.exceptions.BucketAlreadyOwnedByYou:
+    except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
         pass
 
 
-def make_corpus(modality: str, samples: int, root: Path, args) -> Path:
-    """Distinct encoded files (a few dozen) referenced ``samples`` times from a manifest."""
+def _textured(size: int, rng) -> "np.ndarray":  # noqa: F821
+    """Photo-like texture (smooth gradients + grain) so JPEG/MPEG-4 sizes and decode costs are realistic."""
+    import numpy as np
+
+    yy, xx = np.mgrid[0:size, 0:size] / size
+    base = np.stack([np.sin(6.28 * (xx * rng.uniform(1, 4) + rng.uniform())),
+                     np.cos(6.28 * (yy * rng.uniform(1, 4) + rng.uniform())),
+                     np.sin(6.28 * ((xx + yy) * rng.uniform(1, 3)))], axis=-1)
+    img = 127 + 70 * base + rng.normal(0, 18, (size, size, 3))
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def write_media(modality: str, index: int, root: Path, args) -> tuple[str, str]:
+    """One encoded file (JPEG / 44.1 kHz stereo FLAC / MPEG-4 MP4) and its caption."""
     import numpy as np
 
     from multimodal.data import synthetic
 
-    rng = np.random.default_rng(0)
-    files = []
-    distinct = min(samples, 24)
-    for i in range(distinct):
-        colour = list(synthetic.COLOURS)[i % len(synthetic.COLOURS)]
-        if modality == "image":
-            path = synthetic.write_image(root / f"img{i}.jpg", colour, synthetic.SHAPES[i % 3],
-                                         size=args.source_image_size, rng=rng)
-            caption = synthetic.image_caption(colour, synthetic.SHAPES[i % 3])
-        elif modality == "audio":
-            notes = [list(synthetic.NOTES)[(i + k) % 7] for k in range(3)]
-            path = synthetic.write_audio(root / f"aud{i}.flac", notes, sample_rate=44100, seconds=3.0,
-                                         channels=2)
-            caption = synthetic.audio_caption(notes)
-        else:
-            direction = synthetic.DIRECTIONS[i % 4]
-            path = synthetic.write_video(root / f"vid{i}.mp4", colour, direction,
-                                         frames=args.source_video_frames, size=args.source_video_size)
-            caption = synthetic.video_caption(colour, direction)
-        files.append((path.name, caption))
-    manifest = root / f"{modality}.jsonl"
+    rng = np.random.default_rng(index)
+    colour = list(synthetic.COLOURS)[index % len(synthetic.COLOURS)]
+    if modality == "image":
+        from PIL import Image, ImageDraw
+
+        shape = synthetic.SHAPES[index % 3]
+        image = Image.fromarray(_textured(args.image_px, rng))
+        r, c = args.image_px * 0.25, args.image_px / 2
+        box = (c - r, c - r, c + r, c + r)
+        draw = ImageDraw.Draw(image)
+        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=synthetic.COLOURS[colour])
+        path = root / f"img{index}.jpg"
+        image.save(path, format="JPEG", quality=90)
+        return path.name, synthetic.image_caption(colour, shape)
+    if modality == "audio":
+        import soundfile as sf
+
+        notes = [list(synthetic.NOTES)[(index + k) % 7] for k in range(4)]
+        clip = synthetic.tone_clip(notes, 44100, args.audio_seconds, channels=2)
+        clip = clip + rng.normal(0, 0.02, clip.shape).astype(np.float32)
+        path = root / f"aud{index}.flac"
+        sf.write(path, clip, 44100, format="FLAC")
+        return path.name, synthetic.audio_caption(notes)
+    import av
+    from fractions import Fraction
+
+    direction = synthetic.DIRECTIONS[index % 4]
+    frames = synthetic.moving_square_frames(colour, direction, args.video_frames, args.video_px)
+    background = _textured(args.video_px, rng).astype(np.int16)
+    path = root / f"vid{index}.mp4"
+    with av.open(str(path), "w", format="mp4") as container:
+        stream = container.add_stream("mpeg4", rate=Fraction(12, 1))
+        stream.width = stream.height = args.video_px
+        stream.pix_fmt = "yuv420p"
+        stream.bit_rate = 600_000
+        for t, frame in enumerate(frames):
+            grain = rng.normal(0, 10, frame.shape)
+            moving = np.where(frame == 235, np.roll(background, t, axis=1), frame) + grain
+            array = np.clip(moving, 0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return path.name, synthetic.video_caption(colour, direction)
+
+
+def local_shards(modality: str, samples: int, args) -> tuple[Path, list[str]]:
+    """Cached local Parquet shards (``make_shards``) of ``samples`` rows; returns (dir, captions)."""
+    from multimodal.data.make_shards import make_shards
+
+    params = {"m": modality, "n": samples, "img": args.image_px, "vpx": args.video_px,
+              "vf": args.video_frames, "as": args.audio_seconds, "distinct": DISTINCT_FILES, "v": 2}
+    key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
+    root = Path(args.cache_dir).expanduser() / f"{modality}-{samples}-{key}"
+    shards_dir, media_dir = root / "shards", root / "media"
+    manifest = media_dir / "manifest.jsonl"
+    if (shards_dir / "_dataset.json").exists():
+        captions = [json.loads(line)["text"] for line in open(manifest)]
+        return shards_dir, captions
+    shutil.rmtree(root, ignore_errors=True)
+    media_dir.mkdir(parents=True)
+    t0 = time.perf_counter()
+    files = [write_media(modality, i, media_dir, args) for i in range(min(samples, DISTINCT_FILES))]
     with open(manifest, "w") as handle:
         for i in range(samples):
             name, caption = files[i % len(files)]
             handle.write(json.dumps({"text": caption, modality: name}) + "\n")
-    return manifest
+    mean_bytes = sum((media_dir / n).stat().st_size for n, _ in files) / len(files)
+    # ~16 shards so read tasks overlap and both actors get work from the start
+    target = max(int(mean_bytes * samples / 16), 1_000_000)
+    make_shards(str(manifest), str(shards_dir), target_shard_bytes=target,
+                row_group_bytes=min(target, 8_000_000), progress=None)
+    log(f"generated {modality} corpus in {root} ({time.perf_counter() - t0:.1f}s, "
+        f"{mean_bytes / 1e3:.1f} kB per encoded file)")
+    captions = [json.loads(line)["text"] for line in open(manifest)]
+    return shards_dir, captions
+
+
+def upload(shards_dir: Path, uri: str) -> tuple[int, int]:
+    """Copy the cached shards + ``_dataset.json`` to ``uri``; returns (files, bytes)."""
+    import pyarrow.fs as pafs
+
+    filesystem, root = fs.filesystem_for(uri)
+    names = sorted(p.name for p in shards_dir.iterdir() if p.is_file())
+    total = 0
+    for name in names:  # shards first, the summary last (readers only trust listed shards)
+        data = (shards_dir / name).read_bytes()
+        total += len(data)
+        with filesystem.open_output_stream(f"{root}/{name}") as out:
+            out.write(data)
+    assert isinstance(filesystem, pafs.FileSystem)
+    return len(names), total
 
 
 # ------------------------------------------------------------------------------------ measuring
 
+def _mem_mb(pid: int) -> tuple[float, float]:
+    """(RSS, PSS) in MB; PSS splits shared pages (the mmapped object store) between their users."""
+    rss = pss = 0.0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as handle:
+            for line in handle:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) / 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return rss, pss
+
+
+def _children_map() -> dict[int, list[int]]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    return children
+
+
+def session_raylet_pid(session_dir: str) -> int | None:
+    """The raylet whose command line names this session's dir (not other users' clusters)."""
+    needle = session_dir.encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                cmd = handle.read()
+        except OSError:
+            continue
+        if b"raylet" in cmd.split(b"\0", 1)[0] and needle in cmd:
+            return int(entry)
+    return None
+
+
 class MemorySampler(threading.Thread):
-    """Sums VmRSS of this process and every Ray worker process every 0.5 s."""
+    """Every ``every`` s: RSS of this driver + this session's raylet and all its descendants, and
+    the object store bytes in use (plasma, from the raylet)."""
 
-    def __init__(self):
+    def __init__(self, raylet_pid: int | None, gcs_address: str | None, every: float = 1.0):
         super().__init__(daemon=True)
-        self.samples: list[float] = []
+        self.raylet_pid = raylet_pid
+        self.gcs_address = gcs_address
+        self._state = None
+        self.every = every
+        self.samples: list[tuple[float, float, float, float, int]] = []  # (t, rss, pss, store MB, #procs)
         self._halt = threading.Event()
+        self.mark: float | None = None  # perf_counter when the measured window starts
 
-    @staticmethod
-    def rss_mb() -> float:
-        total = 0
-        for pid in os.listdir("/proc"):
-            if not pid.isdigit():
-                continue
-            try:
-                with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                    cmd = handle.read()
-                if int(pid) != os.getpid() and b"ray::" not in cmd:
-                    continue
-                with open(f"/proc/{pid}/status") as handle:
-                    for line in handle:
-                        if line.startswith("VmRSS:"):
-                            total += int(line.split()[1])
-                            break
-            except (OSError, ValueError):
-                continue
-        return total / 1024
+    def pids(self) -> list[int]:
+        pids = [os.getpid()]
+        if self.raylet_pid:
+            children = _children_map()
+            stack = [self.raylet_pid]
+            while stack:
+                pid = stack.pop()
+                pids.append(pid)
+                stack.extend(children.get(pid, []))
+        return pids
+
+    def store_mb(self) -> float:
+        if not self.gcs_address:
+            return -1.0
+        try:
+            from ray._private import internal_api
+
+            if self._state is None:  # this cluster's GCS, never "any cluster on the host"
+                self._state = internal_api.get_state_from_address(self.gcs_address)
+            text = internal_api.store_stats_summary(internal_api.get_memory_info_reply(self._state))
+        except Exception:  # noqa: BLE001 - best effort; reported as -1
+            return -1.0
+        for line in text.splitlines():  # "Plasma memory usage 12 MiB, 3 objects, 4.6% full, ..."
+            if "Plasma memory usage" in line:
+                try:
+                    return float(line.split("usage", 1)[1].split("MiB", 1)[0]) * 1.048576
+                except ValueError:
+                    return -1.0
+        return -1.0
 
     def run(self):
         while not self._halt.is_set():
-            self.samples.append(self.rss_mb())
-            self._halt.wait(0.5)
+            pids = self.pids()
+            mems = [_mem_mb(p) for p in pids]
+            self.samples.append((time.perf_counter(), sum(m[0] for m in mems), sum(m[1] for m in mems),
+                                 self.store_mb(), len(pids)))
+            self._halt.wait(self.every)
 
     def stop(self):
         self._halt.set()
-        self.join(timeout=5)
+        self.join(timeout=10)
+
+    def summary(self) -> dict:
+        window = [s for s in self.samples if self.mark is None or s[0] >= self.mark] or self.samples
+        if not window:
+            return {}
+        rss = [s[1] for s in window]
+        pss = [s[2] for s in window]
+        store = [s[3] for s in window]
+        return {"rss_mb_start": round(rss[0]), "rss_mb_peak": round(max(rss)), "rss_mb_end": round(rss[-1]),
+                "pss_mb_start": round(pss[0]), "pss_mb_peak": round(max(pss)), "pss_mb_end": round(pss[-1]),
+                "store_mb_start": round(store[0]), "store_mb_peak": round(max(store)),
+                "processes": window[-1][4], "mem_samples": len(window),
+                "pss_mb_peak_incl_warmup": round(max(s[2] for s in self.samples)),
+                "flat": bool(max(pss) - pss[0] < FLAT_SLACK_MB)}
 
 
-def single_process(uri: str, spec: MediaSpec, tok_json: str, batch_size: int) -> tuple[int, float]:
-    """The baseline: read each shard from S3 with pyarrow and decode rows in this process."""
+def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int) -> tuple[int, float]:
+    """One process: read each shard from S3 with pyarrow, decode with SampleProcessor."""
     import numpy as np
     import pyarrow.parquet as pq
 
+    from multimodal.data import schema
     from multimodal.data.pipeline import SampleProcessor, resolve_shards
 
+    start = time.perf_counter()
     _, names, paths = resolve_shards(uri)
     proc = SampleProcessor(spec, tok_json, names, torch_threads=1)
+    columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
     rows = 0
-    start = time.perf_counter()
     for path in paths:
         filesystem, inner = fs.filesystem_for(path)
         with filesystem.open_input_file(inner) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns):
                 data = {k: np.asarray(batch.column(k).to_pylist(), dtype=object) for k in batch.schema.names}
                 data["path"] = np.asarray([inner] * batch.num_rows, dtype=object)
                 out = proc(data)
@@ -183,105 +399,177 @@ def single_process(uri: str, spec: MediaSpec, tok_json: str, batch_size: int) ->
     return rows, time.perf_counter() - start
 
 
-def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, args) -> dict:
+def shard_count(uri: str) -> int:
+    from multimodal.data.pipeline import resolve_shards
+
+    return len(resolve_shards(uri)[2])
+
+
+def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_pid, gcs_address,
+                 args) -> dict:
     from multimodal.data.pipeline import build_dataset
 
-    sampler = MemorySampler()
+    sampler = MemorySampler(raylet_pid, gcs_address)
     sampler.start()
     start = time.perf_counter()
-    dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, batch_size=args.batch_size)
-    rows = first_at = 0
-    first_rows = 0
+    blocks = args.read_blocks if args.read_blocks is not None else shard_count(uri)
+    env = dict(fs.aws_env_vars())
+    if args.read_bin_mb:
+        env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
+    dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
+                            batch_size=args.batch_size, override_num_blocks=blocks or None,
+                            runtime_env={"env_vars": env})
+    warm_rows = max(int(samples * args.warmup), args.batch_size)
+    rows = valid = 0
     decoded_bytes = 0
+    first_at = mark_at = None
+    mark_rows = 0
     for batch in dataset.iter_batches(batch_size=args.batch_size, batch_format="numpy", prefetch_batches=2):
-        if not first_at:
-            first_at, first_rows = time.perf_counter(), len(batch["sample_valid"])
-        rows += int(batch["sample_valid"].sum())
+        n = len(batch["sample_valid"])
+        if first_at is None:
+            first_at = time.perf_counter()
+        rows += n
+        valid += int(batch["sample_valid"].sum())
         decoded_bytes += sum(v.nbytes for v in batch.values())
+        if mark_at is None and rows >= warm_rows:
+            mark_at, mark_rows = time.perf_counter(), rows
+            sampler.mark = mark_at
     end = time.perf_counter()
     sampler.stop()
-    mem = sampler.samples or [0.0]
-    warm = mem[min(len(mem) - 1, max(2, len(mem) // 5)):]  # after start-up
-    return {"rows": rows, "total_s": end - start, "steady_s": end - first_at,
-            "steady_rows": rows - first_rows, "decoded_mb": decoded_bytes / 1e6,
-            "rss_mb_start": round(warm[0], 1), "rss_mb_peak": round(max(warm), 1),
-            "rss_mb_end": round(warm[-1], 1)}
+    if args.stats:
+        log("Ray Data stats:\n" + dataset.stats())
+    steady_rows = rows - mark_rows
+    steady_s = end - mark_at if mark_at else 0.0
+    return {"rows": rows, "valid": valid, "total_s": end - start,
+            "first_batch_s": (first_at or end) - start, "warmup_rows": mark_rows,
+            "steady_rows": steady_rows, "steady_s": steady_s,
+            "steady_per_s": steady_rows / steady_s if steady_s > 0 else 0.0,
+            "decoded_mb": decoded_bytes / 1e6, "mem": sampler.summary()}
+
+
+def loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return []
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
     bad = sorted(set(modalities) - set(MODALITY_CHOICES))
-    if bad:
+    if bad or not modalities:
         print(f"error: unknown modality {bad}; choose from {MODALITY_CHOICES}", file=sys.stderr)
         return 2
     spec = preset(args.preset).media
+    counts = {m: args.samples or DEFAULT_SAMPLES[m] for m in modalities}
+    load_start = loadavg()
     moto = ensure_s3()
     started_ray = False
+    temp_dir = None
     try:
         import ray
 
-        from multimodal.data.make_shards import make_shards
         from multimodal.data.tokenizer import train_tokenizer
 
-        bucket = args.bucket or f"bench-{int(time.time())}"
+        shards = {m: local_shards(m, counts[m], args) for m in modalities}
+        bucket = args.bucket or f"bench-{int(time.time())}-{os.getpid()}"
         create_bucket(bucket)
-        if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-            ray.init(ignore_reinit_error=True, log_to_driver=False)
-        else:
-            # logical CPUs overcommitted 2x, so decode actors and read tasks fit on a small host
-            ray.init(num_cpus=2 * (os.cpu_count() or 1),
-                     object_store_memory=args.object_store_mb * 1024**2, include_dashboard=False,
-                     log_to_driver=False, runtime_env={"env_vars": fs.aws_env_vars()})
-            started_ray = True
-        from ray.data import DataContext
+        uris = {}
+        for m in modalities:
+            uris[m] = f"s3://{bucket}/bench/{m}"
+            files, nbytes = upload(shards[m][0], uris[m])
+            log(f"{m}: {counts[m]} rows, {files - 1} shards, {nbytes / 1e6:.1f} MB uploaded to {uris[m]}")
 
-        DataContext.get_current().enable_progress_bars = False
-        cpus = int(ray.cluster_resources().get("CPU", 0))
-        store_mb = ray.cluster_resources().get("object_store_memory", 0) / 1e6
-        print(f"cluster: {cpus} CPUs, object store {store_mb:.0f} MB, cores on this host {os.cpu_count()}; "
-              f"spec {args.preset}: image {spec.image_size}px, audio {spec.audio_seconds}s@"
-              f"{spec.audio_sample_rate}Hz, video {spec.video_frames}x{spec.video_size}px", file=sys.stderr)
+        cpus = store_mb = 0
+        job_env = dict(fs.aws_env_vars())
+        if args.read_bin_mb:  # read on the driver (planning) and in the listing/read tasks
+            os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
+            job_env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
+        raylet_pid = gcs_address = None
+        if not args.skip_ray:
+            if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+                ray.init(ignore_reinit_error=True, log_to_driver=False)
+            else:
+                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+                if args.read_bin_mb:
+                    job_env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
+                temp_dir = tempfile.mkdtemp(prefix="rbd", dir="/tmp")  # short: AF_UNIX path limit
+                ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 1024**2,
+                         include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
+                         runtime_env={"env_vars": job_env})
+                started_ray = True
+            from ray.data import DataContext
+
+            ctx = DataContext.get_current()
+            ctx.enable_progress_bars = False
+            if args.block_mb:
+                ctx.target_max_block_size = args.block_mb * 1024**2
+            cpus = ray.cluster_resources().get("CPU", 0)
+            store_mb = ray.cluster_resources().get("object_store_memory", 0) / 1024**2
+            session_dir = ray._private.worker._global_node.get_session_dir_path()
+            raylet_pid = session_raylet_pid(session_dir)
+            gcs_address = ray.get_runtime_context().gcs_address
+            log(f"Ray: {cpus:g} logical CPUs, object store {store_mb:.0f} MiB, session {session_dir}, "
+                f"raylet pid {raylet_pid} ({'started here' if started_ray else 'existing cluster'})")
+        log(f"host cores {os.cpu_count()}; spec {args.preset}: image {spec.image_size}px, audio "
+            f"{spec.audio_seconds}s@{spec.audio_sample_rate}Hz {spec.audio_n_mels} mels, video "
+            f"{spec.video_frames}x{spec.video_size}px")
+
         results = {}
-        with tempfile.TemporaryDirectory() as tmp:
-            for modality in modalities:
-                n = args.samples // 2 if modality == "video" else args.samples
-                root = Path(tmp) / modality
-                root.mkdir()
-                manifest = make_corpus(modality, n, root, args)
-                uri = f"s3://{bucket}/bench/{modality}"
-                probe = make_shards(str(manifest), uri, progress=None)
-                target = max(probe.bytes // 8, 50_000)  # about 8 shards so reads can overlap
-                summary = make_shards(str(manifest), uri, target_shard_bytes=target, progress=None)
-                tok = train_tokenizer((json.loads(line)["text"] for line in open(manifest)), 512).to_str()
-                print(f"{modality}: {n} samples in {len(summary.shards)} shards, "
-                      f"{summary.bytes / 1e6:.1f} MB on S3", file=sys.stderr)
-                single = single_process(uri, spec, tok, args.batch_size) if not args.skip_single else (0, 0.0)
-                piped = ray_pipeline(uri, spec, tok, args)
-                single_rate = single[0] / single[1] if single[1] else 0.0
-                steady_rate = piped["steady_rows"] / piped["steady_s"] if piped["steady_s"] else 0.0
-                e2e_rate = piped["rows"] / piped["total_s"]
-                results[modality] = {
-                    "samples": n, "single_per_s": round(single_rate, 1), "ray_steady_per_s": round(steady_rate, 1),
-                    "ray_end_to_end_per_s": round(e2e_rate, 1),
-                    "ratio_steady": round(steady_rate / single_rate, 2) if single_rate else None,
-                    "ratio_end_to_end": round(e2e_rate / single_rate, 2) if single_rate else None,
-                    "decoded_mb_streamed": round(piped["decoded_mb"], 1), "object_store_mb": round(store_mb),
-                    "rss_mb_start": piped["rss_mb_start"], "rss_mb_peak": piped["rss_mb_peak"],
-                    "rss_mb_end": piped["rss_mb_end"],
-                }
-                print(f"  {modality}: single {single_rate:.1f}/s, ray steady {steady_rate:.1f}/s, "
-                      f"end-to-end {e2e_rate:.1f}/s", file=sys.stderr)
-        header = (f"{'modality':<8} {'samples':>7} {'single/s':>9} {'ray/s':>8} {'ratio':>6} "
-                  f"{'ray e2e/s':>9} {'e2e ratio':>9} {'streamed MB':>11} {'RSS MB start/peak/end':>22}")
+        for m in modalities:
+            captions = shards[m][1]
+            tok = train_tokenizer(iter(captions), 512).to_str()
+            r = {"samples": counts[m]}
+            if not args.skip_baseline:
+                log(f"{m}: baseline (single process) ...")
+                rows, secs = baseline(uris[m], spec, tok, args.batch_size)
+                r.update(baseline_rows=rows, baseline_s=round(secs, 2), baseline_per_s=round(rows / secs, 1))
+                log(f"{m}: baseline {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s")
+            if not args.skip_ray:
+                log(f"{m}: Ray pipeline ...")
+                p = ray_pipeline(uris[m], spec, tok, counts[m], raylet_pid, gcs_address, args)
+                r.update(ray_rows=p["rows"], ray_valid=p["valid"], ray_steady_per_s=round(p["steady_per_s"], 1),
+                         ray_steady_rows=p["steady_rows"], ray_steady_s=round(p["steady_s"], 2),
+                         ray_warmup_rows=p["warmup_rows"], ray_first_batch_s=round(p["first_batch_s"], 1),
+                         ray_total_s=round(p["total_s"], 1),
+                         ray_end_to_end_per_s=round(p["rows"] / p["total_s"], 1),
+                         decoded_mb_streamed=round(p["decoded_mb"]), **p["mem"])
+                log(f"{m}: Ray steady {p['steady_rows']} rows in {p['steady_s']:.1f}s = "
+                    f"{p['steady_per_s']:.1f}/s (first batch after {p['first_batch_s']:.1f}s, "
+                    f"total {p['total_s']:.1f}s), memory {p['mem']}")
+                if p["valid"] != counts[m]:
+                    log(f"WARNING {m}: {p['valid']} valid rows of {counts[m]}")
+            if r.get("baseline_per_s") and r.get("ray_steady_per_s"):
+                r["ratio"] = round(r["ray_steady_per_s"] / r["baseline_per_s"], 2)
+                r["ratio_end_to_end"] = round(r["ray_end_to_end_per_s"] / r["baseline_per_s"], 2)
+            results[m] = r
+        load_end = loadavg()
+
+        print(f"\nData pipeline benchmark: {os.cpu_count()} cores, load average {load_start} at start, "
+              f"{load_end} at end; Ray {cpus:g} logical CPUs, object store {store_mb:.0f} MiB, "
+              f"{args.concurrency} decode actors, batch {args.batch_size}, spec {args.preset}")
+        print("Ray samples/s = steady state: counted after the first "
+              f"{args.warmup:.0%} of rows, so Ray/actor start-up and imports are excluded "
+              "(e2e = including them). Baseline = one process, S3 read + decode, end to end.")
+        header = (f"{'modality':<8} {'rows':>6} {'base/s':>8} {'ray/s':>8} {'ratio':>6} {'ray e2e/s':>9} "
+                  f"{'window s':>8} {'streamed MB':>11} {'PSS MB start/peak/end':>22} {'RSS MB peak':>11} {'store MB':>8} {'flat':>5}")
         print(header)
-        for modality, r in results.items():
-            print(f"{modality:<8} {r['samples']:>7} {r['single_per_s']:>9} {r['ray_steady_per_s']:>8} "
-                  f"{str(r['ratio_steady']):>6} {r['ray_end_to_end_per_s']:>9} {str(r['ratio_end_to_end']):>9} "
-                  f"{r['decoded_mb_streamed']:>11} "
-                  f"{r['rss_mb_start']:>8}/{r['rss_mb_peak']}/{r['rss_mb_end']}")
-        print("RESULT " + json.dumps({"cpus": cpus, "object_store_mb": round(store_mb),
-                                      "concurrency": args.concurrency, "preset": args.preset,
+        for m, r in results.items():
+            pss = f"{r.get('pss_mb_start', '-')}/{r.get('pss_mb_peak', '-')}/{r.get('pss_mb_end', '-')}"
+            print(f"{m:<8} {r['samples']:>6} {r.get('baseline_per_s', '-'):>8} {r.get('ray_steady_per_s', '-'):>8} "
+                  f"{str(r.get('ratio', '-')):>6} {r.get('ray_end_to_end_per_s', '-'):>9} "
+                  f"{r.get('ray_steady_s', '-'):>8} {r.get('decoded_mb_streamed', '-'):>11} {pss:>22} "
+                  f"{r.get('rss_mb_peak', '-'):>11} "
+                  f"{r.get('store_mb_peak', '-'):>8} {str(r.get('flat', '-')):>5}")
+        print(f"Memory = this driver + this Ray session's raylet and all its descendant processes, sampled "
+              f"every 1 s during the measured window. PSS counts the shared object-store pages once (RSS "
+              f"counts them in every process that maps them); flat = PSS peak - start < {FLAT_SLACK_MB:.0f} MB; "
+              f"store = plasma MB in use (peak).")
+        print("RESULT " + json.dumps({"cores": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
+                                      "ray_cpus": cpus, "object_store_mb": round(store_mb),
+                                      "concurrency": args.concurrency, "batch_size": args.batch_size,
+                                      "preset": args.preset, "warmup_fraction": args.warmup,
                                       "modalities": results}))
         return 0
     finally:
@@ -289,9 +577,14 @@ def main(argv=None) -> int:
             import ray
 
             ray.shutdown()
+        if temp_dir:
+            shutil.rmtree(temp_dir, ignore_errors=True)
         if moto is not None:
             moto.terminate()
-            moto.wait(timeout=10)
+            try:
+                moto.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                moto.kill()
 
 
 if __name__ == "__main__":
