@@ -358,6 +358,9 @@ def _node_env(state_like: dict[str, Any]) -> dict[str, str]:
         "AWS_DEFAULT_REGION": TEST_REGION,
         "SLM_BUCKET": state_like["bucket"],
         "SLM_METRICS_PORT": str(state_like["metrics_port"]),
+        # Ray-internal actors that call ray.init() (e.g. Ray Train's PlacementGroupCleaner) must
+        # join this cluster even when other Ray clusters run on the same machine
+        "RAY_ADDRESS": f"{state_like['node_ip']}:{state_like['gcs_port']}",
         # Ray's fixed defaults (44217/44227) would collide with any other Ray head here
         "AUTOSCALER_METRIC_PORT": str(state_like["autoscaler_metric_port"]),
         "DASHBOARD_METRIC_PORT": str(state_like["dashboard_metric_port"]),
