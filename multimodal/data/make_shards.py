@@ -292,16 +292,13 @@ def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT
                 row[modality] = data
                 row[f"{modality}_ext"] = media_extension(location)
                 size += len(data)
+            problem = None
             if missing is not None:
-                message = f"{manifest}:{entry.line}: missing {missing[0]} file {missing[1]}"
-                if strict:
-                    raise ManifestError(message)
-                skipped += 1
-                if progress is not None:
-                    print(f"warning: {message} (row skipped)", file=progress, flush=True)
-                continue
-            if not row["text"] and not any(row[m] is not None for m in MEDIA_MODALITIES):
-                message = f"{manifest}:{entry.line}: row has neither text nor media"
+                problem = f"missing {missing[0]} file {missing[1]}"
+            elif not row["text"] and not any(row[m] is not None for m in MEDIA_MODALITIES):
+                problem = "row has neither text nor media"
+            if problem is not None:
+                message = f"{manifest}:{entry.line}: {problem}"
                 if strict:
                     raise ManifestError(message)
                 skipped += 1

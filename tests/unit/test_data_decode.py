@@ -11,16 +11,15 @@ from multimodal.data import synthetic
 from multimodal.data.decode import (
     MediaDecodeError, decode_audio, decode_image, decode_video, modality_for_extension,
 )
-from tests.media import CORRUPT, GOOD_AUDIO, GOOD_IMAGES, GOOD_VIDEO, make_media_set
+from tests.media import CORRUPT, GOOD_AUDIO, GOOD_IMAGES, GOOD_VIDEO
 
 SPEC = preset("tiny").media
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    make_media_set(root)
-    return root
+def media(media_dir):
+    """The session's folder of real encoded media (tests/conftest.py)."""
+    return media_dir
 
 
 @pytest.mark.parametrize("name", sorted(GOOD_IMAGES))

@@ -18,16 +18,14 @@ from multimodal.data.pipeline import DatasetBrokenError, SampleProcessor, resolv
 from multimodal.data.schema import SCHEMA_VERSION, SHARD_SCHEMA, read_summary
 from multimodal.data.tokenizer import train_tokenizer, train_tokenizer_from_dataset
 from multimodal.data.webdataset import iter_tar_samples
-from tests.media import make_media_set
 
 SPEC = preset("tiny").media
 
 
 @pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    make_media_set(root)
-    return root
+def media(media_dir):
+    """The session's folder of real encoded media (tests/conftest.py)."""
+    return media_dir
 
 
 def write_csv(path: Path, rows: list[dict]) -> Path:
