@@ -34,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", default=str(REPO / "demo_out"), help="local folder for the corpus and reports")
     parser.add_argument("--per-modality", type=int, default=600,
-                        help="samples per modality over all splits (default 600; text-only gets a fifth)")
+                        help="video samples over all splits (default 600); images get 2x, audio 1.5x, text-only 1/5")
     parser.add_argument("--train-minutes", type=float, default=8.0, help="training time budget (default 8)")
     parser.add_argument("--max-steps", type=int, default=None, help="also stop after this many steps")
     parser.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (default 2)")
@@ -81,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
 
         n = args.per_modality
         started = time.time()
-        make_demo_corpus(corpus, {"image": n, "audio": n, "video": n, "text": max(n // 5, 1)})
+        # shapes need the most examples (18 classes, position and size jitter), video the fewest
+        make_demo_corpus(corpus, {"image": 2 * n, "audio": 3 * n // 2, "video": n, "text": max(n // 5, 1)})
         print(f"wrote {corpus} in {time.time() - started:.0f}s")
 
     step("3/5 pack shards onto the local S3")

@@ -107,7 +107,7 @@ def _tiny() -> ModelConfig:
         preset="tiny",
         core=CoreConfig(hidden_size=128, num_heads=4, num_layers=2, intermediate_size=352,
                         dropout=0.0, vocab_size=512, max_position_embeddings=128),
-        image=ImageEncoderConfig(patch_size=8, dim=64, num_layers=1, num_heads=4, num_tokens=4),
+        image=ImageEncoderConfig(patch_size=4, dim=64, num_layers=2, num_heads=4, num_tokens=4),
         audio=AudioEncoderConfig(dim=64, num_layers=2, num_heads=4, num_tokens=4),
         video=VideoEncoderConfig(patch_size=8, dim=64, num_layers=1, num_heads=4, num_tokens=4),
         media=MediaSpec(image_size=32, audio_sample_rate=8000, audio_seconds=1.5, audio_n_fft=512,

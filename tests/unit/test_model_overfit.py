@@ -17,7 +17,7 @@ from multimodal.batch import BOS_ID, EOS_ID, IGNORE_INDEX, MODALITIES
 from multimodal.config import preset
 from multimodal.model import MultimodalSLM
 
-MAX_STEPS = 150
+MAX_STEPS = 300
 FIRST_WORD = {"image": 4, "audio": 6, "video": 8}  # word ids: image 4/5, audio 6/7, video 8/9
 
 
