@@ -142,10 +142,14 @@ class ShardDatasetFactory:
         return [self.data.shard_names[i] for i in remaining] or list(self.data.shard_names)
 
     def __call__(self):
+        from ray.data import DataContext
+
         from multimodal.config import MediaSpec
         from multimodal.data.pipeline import build_dataset
         from multimodal.data.tokenizer import load_tokenizer
 
+        # Ray Train calls this in its controller, whose DataContext is not the driver's
+        DataContext.get_current().enable_progress_bars = False
         dataset = build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
                                 load_tokenizer(self.tokenizer_uri), shards=self.shards(),
                                 max_consecutive_failures=self.max_consecutive_failures,

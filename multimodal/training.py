@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import tempfile
 import time
 from contextlib import nullcontext
@@ -108,6 +109,13 @@ class _Counts:
         return rows
 
 
+def _say(message: str) -> None:
+    """One line to the job log. Ray Train patches ``print`` to tee into its logger, which shows
+    every line twice in ``ray job logs``; writing to stdout directly shows it once."""
+    sys.stdout.write(message + "\n")
+    sys.stdout.flush()
+
+
 def _text_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int((batch["labels"][:, 1:] != -100).sum().item())
 
@@ -170,9 +178,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if not state.position.is_fresh():
             resumed_position = DataPosition(state.position.epoch, dict(state.position.rows_per_shard))
         if rank == 0:
-            print(f"resumed from step {state.step} (epoch {state.epoch}; "
+            _say(f"resumed from step {state.step} (epoch {state.epoch}; "
                   f"{len(state.position.remaining_shards(shard_rows))} of {len(shard_rows)} shards "
-                  f"left in this epoch)", flush=True)
+                  f"left in this epoch)")
     best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True} if world > 1 else None)
@@ -296,10 +304,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                                     gpu_utilization=gpu_utilization())
                 metrics.record_samples(stats.samples, stats.bad)
                 if rank == 0:
-                    print(f"step {state.step}/{total_steps} | epoch {epoch} | loss {state.last_train_loss:.4f}"
+                    _say(f"step {state.step}/{total_steps} | epoch {epoch} | loss {state.last_train_loss:.4f}"
                           f" | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
                           f" | {window_samples * world / max(window_seconds, 1e-9):.1f} samples/s"
-                          f" | data wait {100 * wait_fraction:.0f}%", flush=True)
+                          f" | data wait {100 * wait_fraction:.0f}%")
                 window_tokens, window_seconds, window_wait, window_samples = 0, 0.0, 0.0, 0
 
             if train.max_steps is not None and state.step >= train.max_steps:
@@ -314,8 +322,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                         and state.validations_without_improvement >= train.early_stopping.patience):
                     stop_reason = "early_stopping"
                     if rank == 0 and train.early_stopping.verbose:
-                        print(f"early stopping: no val_loss improvement in "
-                              f"{train.early_stopping.patience} validations", flush=True)
+                        _say(f"early stopping: no val_loss improvement in "
+                              f"{train.early_stopping.patience} validations")
             if stop_reason:
                 break
         if stop_reason:
