@@ -62,33 +62,29 @@ class CoreConfig(StrictModel):
     tie_word_embeddings: bool = False
 
 
-class ImageEncoderConfig(StrictModel):
-    """Patch embedding + a small transformer, pooled to ``num_tokens`` tokens."""
+class EncoderConfig(StrictModel):
+    """A small transformer over one modality's inputs, pooled to ``num_tokens`` core tokens."""
+
+    dim: int = Field(256, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    num_tokens: int = Field(4, ge=1)
+
+
+class ImageEncoderConfig(EncoderConfig):
+    """Patch embedding + the encoder transformer."""
 
     patch_size: int = Field(8, ge=1)
-    dim: int = Field(256, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_tokens: int = Field(4, ge=1)
 
 
-class AudioEncoderConfig(StrictModel):
-    """Log-mel frames + conv subsampling + a small transformer, pooled to ``num_tokens``."""
-
-    dim: int = Field(256, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_tokens: int = Field(4, ge=1)
+class AudioEncoderConfig(EncoderConfig):
+    """Log-mel frames + conv subsampling + the encoder transformer."""
 
 
-class VideoEncoderConfig(StrictModel):
-    """Per-frame patches with temporal positions, a small transformer, pooled."""
+class VideoEncoderConfig(EncoderConfig):
+    """Per-frame patches with temporal positions + the encoder transformer."""
 
     patch_size: int = Field(16, ge=1)
-    dim: int = Field(256, ge=8)
-    num_layers: int = Field(4, ge=1)
-    num_heads: int = Field(4, ge=1)
-    num_tokens: int = Field(4, ge=1)
 
 
 class ModelConfig(StrictModel):
