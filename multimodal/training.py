@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from multimodal import fs
-from multimodal.batch import MODALITIES
+from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, empty_batch
 from multimodal.checkpoint import DataPosition, TrainerState, load_checkpoint, save_checkpoint
 from multimodal.config import ModelConfig
 from multimodal.job_config import JobConfig
@@ -114,6 +114,16 @@ def _say(message: str) -> None:
     every line twice in ``ray job logs``; writing to stdout directly shows it once."""
     sys.stdout.write(message + "\n")
     sys.stdout.flush()
+
+
+def _placeholder_batch(cfg: ModelConfig, device: torch.device) -> dict[str, torch.Tensor]:
+    """One text-only ``<bos> <eos>`` sample: a finite loss to multiply by zero, so a worker whose
+    batch lost every row still joins the collective backward pass."""
+    batch = {k: torch.from_numpy(v).to(device) for k, v in empty_batch(cfg.media, 1).items()}
+    batch["input_ids"][0, :2] = torch.tensor([BOS_ID, EOS_ID])
+    batch["attention_mask"][0, :2] = 1
+    batch["labels"][0, 1] = EOS_ID
+    return batch
 
 
 def _text_tokens(batch: dict[str, torch.Tensor]) -> int:
@@ -262,9 +272,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             window_wait += stats.wait_s
             scale = 1.0
             if batch["input_ids"].shape[0] == 0:  # every row was undecodable: keep DDP in step
-                if last_batch is None:
-                    continue
-                batch, scale = last_batch, 0.0
+                batch, scale = (last_batch if last_batch is not None
+                                else _placeholder_batch(model_cfg, device)), 0.0
             last_batch = batch
             tokens = _text_tokens(batch)
             counts.add(stats, tokens if scale else 0)

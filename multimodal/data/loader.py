@@ -5,9 +5,9 @@
 ``(batch, stats)``: ``batch`` holds exactly the keys of ``multimodal/batch.py`` as torch tensors
 (rows with ``sample_valid == False`` removed, so a batch can be smaller than ``batch_size``), and
 ``stats`` is a ``BatchStats`` for the rows that came out of the pipeline for this batch (dropped
-ones included). When every row of a batch is dropped its stats are carried into the next batch;
-if the stream ends that way, one last batch with **zero rows** carries them (check
-``batch["input_ids"].shape[0]`` before a forward pass).
+ones included). Every pipeline batch yields exactly one training batch, so data-parallel workers
+that read the same number of rows take the same number of steps; when every row of a batch is
+dropped, that batch has **zero rows** (check ``batch["input_ids"].shape[0]`` before a forward pass).
 """
 
 from __future__ import annotations
@@ -100,8 +100,6 @@ def iter_training_batches(data_iterator, batch_size: int, device=None, drop_last
               "device": device if device is not None else "auto"}
     source = iter(data_iterator.iter_torch_batches(**kwargs))
     keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
-    pending: BatchStats | None = None
-    last_batch = None
     while True:
         started = time.perf_counter()
         try:
@@ -109,21 +107,12 @@ def iter_training_batches(data_iterator, batch_size: int, device=None, drop_last
         except StopIteration:
             break
         stats, valid = batch_stats(batch, time.perf_counter() - started)
-        if pending is not None:
-            stats = pending.merge(stats)
-            pending = None
-        if stats.valid == 0 and not valid.any():
-            pending = stats
-            last_batch = batch
-            continue
         if valid.all():
             out = {k: batch[k] for k in keys}
-        else:
+        else:  # possibly zero rows: still one batch, so every worker takes the same steps
             index = torch.from_numpy(np.flatnonzero(valid)).to(batch["input_ids"].device)
             out = {k: batch[k].index_select(0, index) for k in keys}
         yield out, stats
-    if pending is not None and last_batch is not None:
-        yield {k: last_batch[k][:0] for k in keys}, pending
 
 
 def collate_numpy(rows: Iterable[dict]) -> dict[str, np.ndarray]:

@@ -203,3 +203,21 @@ def test_webdataset_tars_read_into_the_same_schema(ray_cluster, s3_server, media
     subset = build_dataset(f"s3://{bucket}/wds", SPEC, packed["tokenizer"], shards=["000001.tar"],
                            concurrency=1).select_columns(["shard_id"]).take_all()
     assert sorted(r["shard_id"] for r in subset) == [1, 1, 1]
+
+
+def test_a_batch_of_only_invalid_rows_still_yields_one_empty_batch(ray_cluster):
+    """Data-parallel workers must take one step per pipeline batch, even when every row failed."""
+    import ray
+
+    from multimodal.batch import empty_batch
+
+    rows = empty_batch(SPEC, 8)
+    rows.update(sample_valid=np.array([False] * 4 + [True] * 4), shard_id=np.zeros(8, np.int64),
+                bad_image=np.array([True] * 4 + [False] * 4), bad_audio=np.zeros(8, bool),
+                bad_video=np.zeros(8, bool))
+    rows["image_present"][4:] = True
+    dataset = ray.data.from_items([{k: v[i] for k, v in rows.items()} for i in range(8)])
+    batches = list(iter_training_batches(dataset.iterator(), 4, device="cpu"))
+    assert [b["input_ids"].shape[0] for b, _ in batches] == [0, 4]
+    assert batches[0][1].dropped == 4 and batches[0][1].bad["image"] == 4
+    assert batches[1][1].samples["image"] == 4
