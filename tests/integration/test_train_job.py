@@ -163,3 +163,17 @@ def test_unreachable_data_fails_fast(ray_cluster, s3_server):
     with pytest.raises(PreflightError, match="slm-make-shards"):
         run(job)
     assert time.monotonic() - started < 30
+
+
+def test_more_workers_than_the_cluster_holds_fails_fast(ray_cluster, demo_shards):
+    from multimodal.launch import PreflightError, run
+
+    bucket, uris = demo_shards
+    for overrides, message in (({"num_workers": 16}, "leave no CPU for data decoding"),
+                               ({"use_gpu": True}, "needs 2 GPUs; the cluster has 0")):
+        job = job_config(bucket, uris, "too-big")
+        job.run = job.run.model_copy(update=overrides)
+        started = time.monotonic()
+        with pytest.raises(PreflightError, match=message):
+            run(job)
+        assert time.monotonic() - started < 30
