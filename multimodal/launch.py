@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from multimodal import fs
-from multimodal.checkpoint import DataPosition, latest_checkpoint_metrics, latest_data_position
+from multimodal.checkpoint import latest_checkpoint_metrics, latest_data_position
 from multimodal.job_config import ConfigError, JobConfig
 
 
@@ -258,4 +258,4 @@ def run(job: JobConfig) -> dict[str, Any]:
     return result
 
 
-__all__ = ["run", "PreflightError", "DataPosition", "describe_data", "ShardDatasetFactory"]
+__all__ = ["run", "PreflightError", "describe_data", "ShardDatasetFactory"]

@@ -29,22 +29,18 @@ from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
 TRAIN, TRAIN_RESUME, VAL = "train", "train_resume", "val"
 
 
-def lr_factor(step: int, progress: float, warmup_steps: int, min_ratio: float) -> float:
-    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio`` as ``progress`` → 1."""
+def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float,
+              time_fraction: float = 0.0) -> float:
+    """Linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio``.
+
+    Cosine progress is the larger of the steps done and ``time_fraction`` (time used of a time
+    budget), so a run stopped by its time budget still ends on a decayed learning rate.
+    """
     if warmup_steps and step < warmup_steps:
         return (step + 1) / warmup_steps
+    progress = max((step - warmup_steps) / max(1, total_steps - warmup_steps), time_fraction)
     progress = min(1.0, max(0.0, progress))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
-    """The step-only schedule: cosine progress is ``(step - warmup) / (total - warmup)``."""
-
-    def schedule(step: int) -> float:
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return lr_factor(step, progress, warmup_steps, min_ratio)
-
-    return schedule
 
 
 class _Distributed:
@@ -166,13 +162,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def set_learning_rate(step: int, elapsed_seconds: float) -> float:
-        """Cosine progress is the larger of steps done and time used (with a time budget), so a
-        run stopped by ``max_train_minutes`` still ends on a decayed learning rate. ``elapsed``
-        is averaged over workers, so every rank sets the same rate."""
-        progress = (step - train.warmup_steps) / max(1, total_steps - train.warmup_steps)
-        if train.max_train_minutes:
-            progress = max(progress, elapsed_seconds / (60 * train.max_train_minutes))
-        factor = lr_factor(step, progress, train.warmup_steps, train.min_lr_ratio)
+        """``elapsed`` is averaged over workers, so every rank sets the same rate."""
+        budget = 60 * train.max_train_minutes if train.max_train_minutes else None
+        factor = lr_factor(step, total_steps, train.warmup_steps, train.min_lr_ratio,
+                           elapsed_seconds / budget if budget else 0.0)
         for group, base in zip(optimizer.param_groups, base_lrs):
             group["lr"] = base * factor
         return base_lrs[0] * factor

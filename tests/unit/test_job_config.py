@@ -12,7 +12,7 @@ import pytest
 from jobs.train_multimodal import load_job_config, main
 from multimodal.checkpoint import DataPosition
 from multimodal.job_config import ConfigError, build_config, dotted_override, from_seed
-from multimodal.training import lr_lambda
+from multimodal.training import lr_factor
 
 REPO = Path(__file__).resolve().parents[2]
 SEED = REPO / "jobs" / "configs" / "seed_slm.json"
@@ -93,12 +93,17 @@ def test_cli_help_runs_as_a_script():
 
 
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
-    schedule = lr_lambda(warmup_steps=10, total_steps=110, min_ratio=0.1)
+    def schedule(step, time_fraction=0.0):
+        return lr_factor(step, total_steps=110, warmup_steps=10, min_ratio=0.1, time_fraction=time_fraction)
+
     assert schedule(0) == pytest.approx(0.1)
     assert schedule(9) == pytest.approx(1.0)
     assert schedule(60) == pytest.approx(0.55)
     assert schedule(110) == pytest.approx(0.1)
     assert schedule(500) == pytest.approx(0.1)
+    # a time budget half used decays as far as half the steps would
+    assert schedule(10, time_fraction=0.5) == pytest.approx(0.55)
+    assert schedule(60, time_fraction=0.1) == pytest.approx(0.55)
 
 
 def test_data_position_remaining_shards():
