@@ -88,8 +88,9 @@ def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards, 
 
     # the project's metrics reached Ray's Prometheus endpoint
     port = ray_cluster.metrics_export_port
-    deadline, text = time.monotonic() + 30, ""
-    while time.monotonic() < deadline and "ray_slm_train_loss" not in text:
+    wanted = ("ray_slm_train_loss{", "ray_slm_samples_total{")
+    deadline, text = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and not all(name in text for name in wanted):
         time.sleep(2)
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
     assert 'ray_slm_train_loss{' in text
@@ -130,7 +131,8 @@ def test_killed_worker_is_replaced_and_run_continues(ray_cluster, demo_shards):
         while time.monotonic() < deadline:
             metrics = latest_checkpoint_metrics(run_uri) if fs.exists(run_uri + "/checkpoint_manager_snapshot.json") else None
             if metrics and metrics.get("step", 0) >= 4:
-                workers = list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
+                workers = list_actors(address=f"http://{ray_cluster.dashboard_url}",
+                                      filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
                 if workers:
                     killed["step"] = int(metrics["step"])
                     killed["pid"] = int(workers[0]["pid"])
