@@ -94,8 +94,7 @@ def storage_estimate(data: TrainData) -> dict[str, Any]:
     """The storage calculator's view of the training data (from its summary)."""
     from storage_calc.measure import measure
 
-    measurement = measure(data.uri)
-    return measurement.to_dict() if hasattr(measurement, "to_dict") else dict(measurement)
+    return measure(data.uri).to_dict()
 
 
 # --- tokenizer and datasets --------------------------------------------------------------
@@ -146,12 +145,11 @@ class ShardDatasetFactory:
 
         from multimodal.config import MediaSpec
         from multimodal.data.pipeline import build_dataset
-        from multimodal.data.tokenizer import load_tokenizer
 
         # Ray Train calls this in its controller, whose DataContext is not the driver's
         DataContext.get_current().enable_progress_bars = False
         dataset = build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
-                                load_tokenizer(self.tokenizer_uri), shards=self.shards(),
+                                self.tokenizer_uri, shards=self.shards(),
                                 max_consecutive_failures=self.max_consecutive_failures,
                                 concurrency=self.concurrency, num_cpus=self.num_cpus)
         return dataset.materialize() if self.cache_decoded else dataset

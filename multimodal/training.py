@@ -268,8 +268,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 batch, scale = (last_batch if last_batch is not None
                                 else _placeholder_batch(model_cfg, device)), 0.0
             last_batch = batch
-            tokens = _text_tokens(batch)
-            counts.add(stats, tokens if scale else 0)
+            tokens = _text_tokens(batch) if scale else 0  # a zero-weighted placeholder trains nothing
+            counts.add(stats, tokens)
+            metrics.record_samples(stats.samples, stats.bad)
             accumulated += 1
             final_micro_step = accumulated == train.grad_accum_steps
             sync = nullcontext() if (final_micro_step or not ddp) else model.no_sync()
@@ -304,7 +305,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                 metrics.record_step(step=state.step, loss=state.last_train_loss, learning_rate=lr,
                                     tokens_per_second=tokens_per_s, data_wait_fraction=wait_fraction,
                                     gpu_utilization=gpu_utilization())
-                metrics.record_samples(stats.samples, stats.bad)
                 if rank == 0:
                     _say(f"step {state.step}/{total_steps} | epoch {epoch} | loss {state.last_train_loss:.4f}"
                           f" | lr {lr:.2e} | {tokens_per_s:,.0f} tok/s"
