@@ -51,34 +51,26 @@ class GroupScore:
                 "examples": self.examples}
 
 
-def iter_shard_rows(uri: str, max_samples: int | None = None) -> Iterator[tuple[dict, str]]:
-    """Rows (in the shard schema) with their original text, shard by shard."""
-    summary = schema.read_summary(uri)
-    if summary is None:
-        raise FileNotFoundError(f"{uri}: no _dataset.json; pack the data with slm-make-shards first")
+def iter_shard_batches(uri: str, summary: schema.DatasetSummary, batch_size: int,
+                       max_samples: int | None = None) -> Iterator[list[dict]]:
+    """Rows in the shard schema, ``batch_size`` at a time, streamed one Parquet batch after another
+    (a whole shard is never held in memory)."""
     root = schema.dataset_root(uri)
     seen = 0
     for shard_id, name in enumerate(summary.shard_names):
         filesystem, path = fs.filesystem_for(fs.join(root, name))
         with filesystem.open_input_file(path) as handle:
-            table = pq.read_table(handle)
-        for row in table.to_pylist():
-            if max_samples is not None and seen >= max_samples:
-                return
-            seen += 1
-            row = {**row, "shard_id": shard_id, "sample_id": seen}
-            yield row, row.get("text") or ""
-
-
-def _chunks(iterable, size: int):
-    chunk = []
-    for item in iterable:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+            for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
+                rows = record_batch.to_pylist()
+                if max_samples is not None:
+                    rows = rows[:max_samples - seen]
+                for row in rows:
+                    seen += 1
+                    row.update(shard_id=shard_id, sample_id=seen)
+                if rows:
+                    yield rows
+                if max_samples is not None and seen >= max_samples:
+                    return
 
 
 def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None = None,
@@ -86,14 +78,17 @@ def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None
     """Score ``model`` (with its tokenizer) on the shards at ``data_uri``."""
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; export it with save_pretrained(..., tokenizer=...)")
+    summary = schema.read_summary(data_uri)
+    if summary is None:
+        raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards first")
     spec = model.cfg.media
-    processor = SampleProcessor(spec, model.tokenizer, schema.read_summary(data_uri).shard_names,
+    processor = SampleProcessor(spec, model.tokenizer, summary.shard_names,
                                 max_consecutive_failures=10**9, torch_threads=None)
     max_new_tokens = max_new_tokens or spec.max_text_tokens
     scores: dict[str, GroupScore] = defaultdict(GroupScore)
     model.eval()
-    for chunk in _chunks(iter_shard_rows(data_uri, max_samples), batch_size):
-        rows, texts = [r for r, _ in chunk], [t for _, t in chunk]
+    for rows in iter_shard_batches(data_uri, summary, batch_size, max_samples):
+        texts = [row.get("text") or "" for row in rows]
         arrays = processor.process_rows(rows)
         valid = arrays["sample_valid"]
         batch = {k: torch.from_numpy(np.ascontiguousarray(v[valid])) for k, v in arrays.items()
