@@ -212,11 +212,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         loss_sum, token_sum = comm.sum([loss_sum, token_sum])
         return loss_sum / token_sum if token_sum else None
 
-    def checkpoint_now(val_loss: float | None, extra: dict[str, Any]) -> None:
-        nonlocal best_weights
+    def flush_counts() -> None:
+        """Sum every worker's counts into ``state``; remember which shards the resumed epoch read."""
         rows = counts.flush_into(state, comm)
         if resumed_position is not None and state.epoch == resumed_position.epoch:
             shards_read_after_resume.update(i for i, r in enumerate(rows) if r)
+
+    def checkpoint_now(val_loss: float | None, extra: dict[str, Any]) -> None:
+        nonlocal best_weights
+        flush_counts()
         improved = val_loss is not None and (state.best_val_loss is None or val_loss < state.best_val_loss)
         if improved:
             state.best_val_loss = val_loss
@@ -331,9 +335,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if stop_reason:
             break
         # the epoch is complete: the next one reads every shard again
-        rows = counts.flush_into(state, comm)
-        if resumed_position is not None and epoch == resumed_position.epoch:
-            shards_read_after_resume.update(i for i, r in enumerate(rows) if r)
+        flush_counts()
         state.position = DataPosition(epoch=epoch + 1)
         state.epoch = epoch + 1
     else:
