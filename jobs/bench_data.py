@@ -76,6 +76,8 @@ def parse_args(argv=None):
     parser.add_argument("--actor-cpus", type=float, default=1.0,
                         help="num_cpus asked per decode actor; build_dataset lowers it so one logical CPU "
                              "stays free for listing/read tasks (default 1.0)")
+    parser.add_argument("--read-cpus", type=float, default=None,
+                        help="num_cpus per Parquet read task (default: build_dataset's)")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="rows per decode batch, per baseline batch and per consumed batch (default 32)")
     parser.add_argument("--object-store-mb", type=int, default=256,
@@ -90,6 +92,10 @@ def parse_args(argv=None):
     parser.add_argument("--video-px", type=int, default=128, help="source video side (default 128)")
     parser.add_argument("--video-frames", type=int, default=24, help="frames per source MP4 (default 24)")
     parser.add_argument("--audio-seconds", type=float, default=4.0, help="source clip length (default 4.0)")
+    parser.add_argument("--shard-mb", type=float, default=16.0,
+                        help="target shard size in MB (default 16; small because moto copies the "
+                             "whole object for every ranged GET, so its CPU cost on the shared cores "
+                             "grows with the shard size; real S3 serves ranges off-box)")
     parser.add_argument("--bucket", default=None, help="S3 bucket to use (default: a new one)")
     parser.add_argument("--skip-baseline", action="store_true", help="only run the Ray pipeline")
     parser.add_argument("--read-blocks", type=int, default=None,
@@ -213,7 +219,8 @@ def local_shards(modality: str, samples: int, args) -> tuple[Path, list[str]]:
     from multimodal.data.make_shards import make_shards
 
     params = {"m": modality, "n": samples, "img": args.image_px, "vpx": args.video_px,
-              "vf": args.video_frames, "as": args.audio_seconds, "distinct": DISTINCT_FILES, "v": 2}
+              "vf": args.video_frames, "as": args.audio_seconds, "distinct": DISTINCT_FILES, "v": 3,
+              "shard_mb": args.shard_mb}
     key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
     root = Path(args.cache_dir).expanduser() / f"{modality}-{samples}-{key}"
     shards_dir, media_dir = root / "shards", root / "media"
@@ -230,8 +237,7 @@ def local_shards(modality: str, samples: int, args) -> tuple[Path, list[str]]:
             name, caption = files[i % len(files)]
             handle.write(json.dumps({"text": caption, modality: name}) + "\n")
     mean_bytes = sum((media_dir / n).stat().st_size for n, _ in files) / len(files)
-    # ~16 shards so read tasks overlap and both actors get work from the start
-    target = max(int(mean_bytes * samples / 16), 1_000_000)
+    target = int(args.shard_mb * 1e6)
     make_shards(str(manifest), str(shards_dir), target_shard_bytes=target,
                 row_group_bytes=min(target, 8_000_000), progress=None)
     log(f"generated {modality} corpus in {root} ({time.perf_counter() - t0:.1f}s, "
@@ -304,12 +310,71 @@ def session_raylet_pid(session_dir: str) -> int | None:
     return None
 
 
+def _cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` in seconds (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def _process_role(pid: int) -> str:
+    """A short role for the CPU breakdown: decode actor, read task, driver, raylet, moto ..."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            cmd = handle.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "gone"
+    if pid == os.getpid():
+        return "driver"
+    if "moto.server" in cmd:
+        return "s3 server"
+    if cmd.startswith("ray::"):
+        name = cmd.split()[0][5:]
+        if "MapBatches" in name or "SampleProcessor" in name:
+            return "decode actors"
+        if "Read" in name or "ListFiles" in name:
+            return "read tasks"
+        return "idle workers" if name.startswith("IDLE") else f"ray::{name.split('.')[0][:30]}"
+    program = cmd.split(" ", 1)[0]
+    for role in ("raylet", "gcs_server"):
+        if program.endswith(role):
+            return role
+    for role in ("default_worker.py", "dashboard", "runtime_env", "log_monitor", "monitor.py"):
+        if role in cmd:
+            return "starting worker" if role == "default_worker.py" else role
+    return "other ray"
+
+
+GENERIC_ROLES = ("gone", "starting worker", "idle workers", "other ray")
+
+
+def _more_specific(old: str, new: str) -> str:
+    """Workers rename themselves (starting -> ray::IDLE -> ray::ReadFiles...): keep the most telling."""
+    return old if new in GENERIC_ROLES and old not in ("gone",) else new
+
+
+def _descendants(root: int, children: dict[int, list[int]]) -> list[int]:
+    out, stack = [], [root]
+    while stack:
+        pid = stack.pop()
+        out.append(pid)
+        stack.extend(children.get(pid, []))
+    return out
+
+
 class MemorySampler(threading.Thread):
     """Every ``every`` s: RSS of this driver + this session's raylet and all its descendants, and
     the object store bytes in use (plasma, from the raylet)."""
 
-    def __init__(self, raylet_pid: int | None, gcs_address: str | None, every: float = 1.0):
+    def __init__(self, raylet_pid: int | None, gcs_address: str | None, every: float = 1.0,
+                 extra_pids: tuple[int, ...] = ()):
         super().__init__(daemon=True)
+        self.extra_pids = list(extra_pids)  # e.g. the moto S3 server: its CPU is part of the cost
+        self.cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (role, cpu s at mark, latest cpu s)
+        self.born_in_window: list[int] = []  # processes started during the measured window
         self.raylet_pid = raylet_pid
         self.gcs_address = gcs_address
         self._state = None
@@ -318,16 +383,21 @@ class MemorySampler(threading.Thread):
         self._halt = threading.Event()
         self.mark: float | None = None  # perf_counter when the measured window starts
 
-    def pids(self) -> list[int]:
+    def pids(self, children: dict[int, list[int]] | None = None) -> list[int]:
+        """This driver, this session's raylet and all its descendants (the memory we account)."""
         pids = [os.getpid()]
         if self.raylet_pid:
-            children = _children_map()
-            stack = [self.raylet_pid]
-            while stack:
-                pid = stack.pop()
-                pids.append(pid)
-                stack.extend(children.get(pid, []))
+            children = children if children is not None else _children_map()
+            pids += _descendants(self.raylet_pid, children)
         return pids
+
+    def cpu_pids(self, children: dict[int, list[int]]) -> list[int]:
+        """Memory pids plus the driver's own children (GCS, dashboard ... when Ray started here)
+        and the S3 server: everything that competes for the cores."""
+        pids = set(self.pids(children)) | set(_descendants(os.getpid(), children))
+        for extra in self.extra_pids:
+            pids |= set(_descendants(extra, children))
+        return sorted(pids)
 
     def store_mb(self) -> float:
         if not self.gcs_address:
@@ -350,8 +420,23 @@ class MemorySampler(threading.Thread):
 
     def run(self):
         while not self._halt.is_set():
-            pids = self.pids()
+            children = _children_map()
+            pids = self.pids(children)
             mems = [_mem_mb(p) for p in pids]
+            marked = self.mark is not None
+            for pid in self.cpu_pids(children):
+                seconds = _cpu_seconds(pid)
+                if pid not in self.cpu:
+                    # a process born inside the window counts from 0; one alive at the mark from then
+                    self.cpu[pid] = (_process_role(pid), 0.0 if marked else seconds, seconds)
+                    if marked:
+                        self.born_in_window.append(pid)
+                else:
+                    role, base, _ = self.cpu[pid]
+                    if not marked:
+                        base = seconds
+                    self.cpu[pid] = (_more_specific(role, _process_role(pid)), base,
+                                     seconds if seconds else self.cpu[pid][2])
             self.samples.append((time.perf_counter(), sum(m[0] for m in mems), sum(m[1] for m in mems),
                                  self.store_mb(), len(pids)))
             self._halt.wait(self.every)
@@ -359,6 +444,22 @@ class MemorySampler(threading.Thread):
     def stop(self):
         self._halt.set()
         self.join(timeout=10)
+        for pid, (role, base, latest) in list(self.cpu.items()):  # a last reading at the window's end
+            # workers rename themselves (ray::IDLE -> ray::MapWorker...): take the latest name
+            self.cpu[pid] = (_more_specific(role, _process_role(pid)), base, _cpu_seconds(pid) or latest)
+
+    def cpu_breakdown(self) -> dict[str, float]:
+        """CPU seconds used per process role during the measured window (sampled every second)."""
+        roles: dict[str, float] = {}
+        for role, base, latest in self.cpu.values():
+            roles[role] = roles.get(role, 0.0) + max(latest - base, 0.0)
+        out = {k: round(v, 1) for k, v in sorted(roles.items(), key=lambda kv: -kv[1]) if v >= 0.05}
+        born: dict[str, int] = {}
+        for pid in self.born_in_window:
+            born[self.cpu[pid][0]] = born.get(self.cpu[pid][0], 0) + 1
+        if born:
+            out["processes started in the window"] = born
+        return out
 
     def summary(self) -> dict:
         window = [s for s in self.samples if self.mark is None or s[0] >= self.mark] or self.samples
@@ -406,10 +507,11 @@ def shard_count(uri: str) -> int:
 
 
 def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_pid, gcs_address,
-                 args) -> dict:
+                 args, extra_pids: tuple[int, ...] = ()) -> dict:
+    from multimodal.data.loader import iter_training_batches
     from multimodal.data.pipeline import build_dataset
 
-    sampler = MemorySampler(raylet_pid, gcs_address)
+    sampler = MemorySampler(raylet_pid, gcs_address, extra_pids=extra_pids)
     sampler.start()
     start = time.perf_counter()
     blocks = args.read_blocks if args.read_blocks is not None else shard_count(uri)
@@ -418,18 +520,20 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
         env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
     dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
                             batch_size=args.batch_size, override_num_blocks=blocks or None,
-                            runtime_env={"env_vars": env})
+                            runtime_env={"env_vars": env},
+                            **({"read_num_cpus": args.read_cpus} if args.read_cpus is not None else {}))
     warm_rows = max(int(samples * args.warmup), args.batch_size)
     rows = valid = 0
     decoded_bytes = 0
     first_at = mark_at = None
     mark_rows = 0
-    for batch in dataset.iter_batches(batch_size=args.batch_size, batch_format="numpy", prefetch_batches=2):
-        n = len(batch["sample_valid"])
+    # the consumer makes model-ready batches (dense float32, normalised pixels), as the baseline does
+    for batch, stats in iter_training_batches(dataset.iterator(), args.batch_size, spec, device="cpu",
+                                              prefetch_batches=2):
         if first_at is None:
             first_at = time.perf_counter()
-        rows += n
-        valid += int(batch["sample_valid"].sum())
+        rows += stats.rows
+        valid += stats.valid
         decoded_bytes += sum(v.nbytes for v in batch.values())
         if mark_at is None and rows >= warm_rows:
             mark_at, mark_rows = time.perf_counter(), rows
@@ -444,7 +548,7 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
             "first_batch_s": (first_at or end) - start, "warmup_rows": mark_rows,
             "steady_rows": steady_rows, "steady_s": steady_s,
             "steady_per_s": steady_rows / steady_s if steady_s > 0 else 0.0,
-            "decoded_mb": decoded_bytes / 1e6, "mem": sampler.summary()}
+            "decoded_mb": decoded_bytes / 1e6, "mem": sampler.summary(), "cpu": sampler.cpu_breakdown()}
 
 
 def loadavg() -> list[float]:
@@ -523,21 +627,27 @@ def main(argv=None) -> int:
             r = {"samples": counts[m]}
             if not args.skip_baseline:
                 log(f"{m}: baseline (single process) ...")
+                cpu0 = {"driver": _cpu_seconds(os.getpid()), "s3 server": _cpu_seconds(moto.pid) if moto else 0.0}
                 rows, secs = baseline(uris[m], spec, tok, args.batch_size)
+                r["baseline_cpu_s"] = {"driver": round(_cpu_seconds(os.getpid()) - cpu0["driver"], 1)}
+                if moto is not None:
+                    r["baseline_cpu_s"]["s3 server"] = round(_cpu_seconds(moto.pid) - cpu0["s3 server"], 1)
                 r.update(baseline_rows=rows, baseline_s=round(secs, 2), baseline_per_s=round(rows / secs, 1))
-                log(f"{m}: baseline {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s")
+                log(f"{m}: baseline {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s, CPU s {r['baseline_cpu_s']}")
             if not args.skip_ray:
                 log(f"{m}: Ray pipeline ...")
-                p = ray_pipeline(uris[m], spec, tok, counts[m], raylet_pid, gcs_address, args)
+                p = ray_pipeline(uris[m], spec, tok, counts[m], raylet_pid, gcs_address, args,
+                                 extra_pids=(moto.pid,) if moto is not None else ())
                 r.update(ray_rows=p["rows"], ray_valid=p["valid"], ray_steady_per_s=round(p["steady_per_s"], 1),
                          ray_steady_rows=p["steady_rows"], ray_steady_s=round(p["steady_s"], 2),
                          ray_warmup_rows=p["warmup_rows"], ray_first_batch_s=round(p["first_batch_s"], 1),
                          ray_total_s=round(p["total_s"], 1),
                          ray_end_to_end_per_s=round(p["rows"] / p["total_s"], 1),
-                         decoded_mb_streamed=round(p["decoded_mb"]), **p["mem"])
+                         decoded_mb_streamed=round(p["decoded_mb"]), **p["mem"], ray_cpu_s=p["cpu"])
                 log(f"{m}: Ray steady {p['steady_rows']} rows in {p['steady_s']:.1f}s = "
                     f"{p['steady_per_s']:.1f}/s (first batch after {p['first_batch_s']:.1f}s, "
                     f"total {p['total_s']:.1f}s), memory {p['mem']}")
+                log(f"{m}: CPU seconds in the {p['steady_s']:.1f}s window by role: {p['cpu']}")
                 if p["valid"] != counts[m]:
                     log(f"WARNING {m}: {p['valid']} valid rows of {counts[m]}")
             if r.get("baseline_per_s") and r.get("ray_steady_per_s"):

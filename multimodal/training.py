@@ -200,7 +200,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         loss_sum, token_sum = 0.0, 0
         with torch.no_grad():
             for batch, _ in iter_training_batches(ray.train.get_dataset_shard(VAL), train.batch_size,
-                                                  device=device):
+                                                  model_cfg.media, device=device):
                 if batch["input_ids"].shape[0] == 0:
                     continue
                 with torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext():
@@ -260,7 +260,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if epoch != first_epoch or resumed_position is None:
             state.position = DataPosition(epoch=epoch)
         name = TRAIN_RESUME if epoch == first_epoch else TRAIN
-        return iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size, device=device)
+        return iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size, model_cfg.media,
+                                     device=device)
 
     for epoch in range(state.epoch, train.num_epochs):
         state.epoch = epoch

@@ -8,7 +8,9 @@
 - video: PyAV (MP4/WebM/AVI/MKV/MOV ...), ``video_frames`` frames sampled evenly over the whole
   clip (frames repeat when the clip is shorter), each resized to ``V x V``, ``[F, 3, V, V]``.
 
-Pixels are normalised to ``[-1, 1]`` (``(x / 255 - 0.5) / 0.5``). Anything that cannot be decoded
+Pixels are normalised to ``[-1, 1]`` (``(x / 255 - 0.5) / 0.5``). ``decode_image_uint8`` and
+``decode_video_uint8`` stop before that step and return the same layout as ``uint8`` (a quarter
+of the bytes): the Ray pipeline ships those and normalises in the trainer (``data/wire.py``). Anything that cannot be decoded
 (empty, truncated, random bytes, a JPEG named ``.wav`` ...) raises ``MediaDecodeError`` and only
 that; callers never need to catch anything else. Each function also accepts a local path (``str``
 or ``Path``) instead of bytes, for inference on single files.
@@ -27,6 +29,9 @@ from multimodal.config import MediaSpec
 
 PIXEL_MEAN = 0.5
 PIXEL_STD = 0.5
+# (x / 255 - mean) / std == x * PIXEL_SCALE - PIXEL_OFFSET: one multiply and one subtract
+PIXEL_SCALE = 1.0 / (255.0 * PIXEL_STD)
+PIXEL_OFFSET = PIXEL_MEAN / PIXEL_STD
 LOG_MEL_EPS = 1e-6
 MAX_IMAGE_PIXELS = 16384 * 16384  # refuse decompression bombs beyond this
 MAX_AUDIO_SECONDS = 3600.0
@@ -52,10 +57,12 @@ def _as_bytes(data: bytes | str | Path) -> bytes:
     return bytes(data) if not isinstance(data, bytes) else data
 
 
-def _normalise_pixels(array_uint8: np.ndarray) -> np.ndarray:
-    out = array_uint8.astype(np.float32) * (1.0 / 255.0)
-    out -= PIXEL_MEAN
-    out *= 1.0 / PIXEL_STD
+def normalise_pixels(array_uint8: np.ndarray) -> np.ndarray:
+    """uint8 pixels → float32 in ``[-1, 1]`` (any shape): ``(x / 255 - mean) / std`` as one
+    multiply-subtract (``data/wire.py`` does the same float32 arithmetic in torch)."""
+    out = array_uint8.astype(np.float32)
+    out *= np.float32(PIXEL_SCALE)
+    out -= np.float32(PIXEL_OFFSET)
     return out
 
 
@@ -83,6 +90,11 @@ def _to_rgb(image) -> "PIL.Image.Image":  # noqa: F821
 
 def decode_image(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
     """Encoded image → float32 ``[3, S, S]`` in ``[-1, 1]``; raises ``MediaDecodeError``."""
+    return normalise_pixels(decode_image_uint8(data, spec))
+
+
+def decode_image_uint8(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
+    """Encoded image → uint8 RGB ``[3, S, S]``; raises ``MediaDecodeError``."""
     from PIL import Image
 
     raw = _as_bytes(data)
@@ -107,7 +119,7 @@ def decode_image(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
         raise MediaDecodeError(f"undecodable image: {type(exc).__name__}: {exc}") from None
     if array.shape != (size, size, 3):
         raise MediaDecodeError(f"unexpected image array shape {array.shape}")
-    return np.ascontiguousarray(_normalise_pixels(array).transpose(2, 0, 1))
+    return np.ascontiguousarray(array.transpose(2, 0, 1))
 
 
 # ------------------------------------------------------------------------------------------ audio
@@ -200,7 +212,12 @@ def decode_audio(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ video
 
 def decode_video(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
-    """Encoded video → float32 ``[F, 3, V, V]`` in ``[-1, 1]``; raises ``MediaDecodeError``.
+    """Encoded video → float32 ``[F, 3, V, V]`` in ``[-1, 1]``; raises ``MediaDecodeError``."""
+    return normalise_pixels(decode_video_uint8(data, spec))
+
+
+def decode_video_uint8(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
+    """Encoded video → uint8 RGB frames ``[F, 3, V, V]``; raises ``MediaDecodeError``.
 
     Frames are picked at evenly spaced indices over the whole clip. When the container states
     the frame count, only the picked frames are converted and decoding stops after the last one.
@@ -246,7 +263,7 @@ def decode_video(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
     frames = np.stack([kept[i] for i in picks])  # [F, V, V, 3]
     if frames.shape != (n_out, size, size, 3):
         raise MediaDecodeError(f"unexpected frame shape {frames.shape}")
-    return np.ascontiguousarray(_normalise_pixels(frames).transpose(0, 3, 1, 2))
+    return np.ascontiguousarray(frames.transpose(0, 3, 1, 2))
 
 
 def _even_indices(total: int, count: int) -> np.ndarray:
@@ -257,6 +274,8 @@ def _even_indices(total: int, count: int) -> np.ndarray:
 
 
 DECODERS = {"image": decode_image, "audio": decode_audio, "video": decode_video}
+# what the Ray pipeline ships: pixels stay uint8 (normalised later, on the training device)
+COMPACT_DECODERS = {"image": decode_image_uint8, "audio": decode_audio, "video": decode_video_uint8}
 
 
 def modality_for_extension(ext: str | None) -> str | None:
@@ -272,5 +291,7 @@ def modality_for_extension(ext: str | None) -> str | None:
 
 
 __all__ = ["MediaDecodeError", "decode_image", "decode_audio", "decode_video", "read_audio",
+           "decode_image_uint8", "decode_video_uint8", "normalise_pixels", "COMPACT_DECODERS",
            "waveform_to_log_mel", "modality_for_extension", "DECODERS", "IMAGE_EXTENSIONS",
+           "PIXEL_SCALE", "PIXEL_OFFSET",
            "AUDIO_EXTENSIONS", "VIDEO_EXTENSIONS", "PIXEL_MEAN", "PIXEL_STD"]

@@ -1,8 +1,9 @@
 """Training batches from a Ray ``DataIterator``: invalid rows dropped, per-batch statistics.
 
-``iter_training_batches(it, batch_size)`` wraps ``it.iter_torch_batches`` (``it`` comes from
-``ray.train.get_dataset_shard``, ``dataset.iterator()`` or ``dataset.streaming_split``) and yields
-``(batch, stats)``: ``batch`` holds exactly the keys of ``multimodal/batch.py`` as torch tensors
+``iter_training_batches(it, batch_size, spec)`` wraps ``it.iter_torch_batches`` (``it`` comes from
+``ray.train.get_dataset_shard``, ``dataset.iterator()`` or ``dataset.streaming_split``) over the
+pipeline's wire rows (``data/wire.py``) and yields ``(batch, stats)``: ``batch`` holds exactly the
+keys of ``multimodal/batch.py`` as dense torch tensors on the device, pixels normalised there
 (rows with ``sample_valid == False`` removed, so a batch can be smaller than ``batch_size``), and
 ``stats`` is a ``BatchStats`` for the rows that came out of the pipeline for this batch (dropped
 ones included). Every pipeline batch yields exactly one training batch, so data-parallel workers
@@ -15,12 +16,19 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from multimodal.batch import MODALITIES, TEXT_KEYS, present_key
+from multimodal.data.wire import WireCollate, normalise_pixels_
+
+if TYPE_CHECKING:  # pragma: no cover
+    from multimodal.config import MediaSpec
 
 CONTRACT_KEYS: tuple[str, ...] = (*TEXT_KEYS, *MODALITIES, *(present_key(m) for m in MODALITIES))
+# pipeline columns that only feed BatchStats
+STATS_KEYS: tuple[str, ...] = ("sample_valid", "shard_id", *(f"bad_{m}" for m in MODALITIES))
 
 
 @dataclass
@@ -86,20 +94,23 @@ def batch_stats(batch: dict, wait_s: float = 0.0) -> tuple[BatchStats, np.ndarra
     return stats, valid
 
 
-def iter_training_batches(data_iterator, batch_size: int, device=None, drop_last: bool = False,
-                          *, prefetch_batches: int = 1, keep_ids: bool = False
+def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", device=None,
+                          drop_last: bool = False, *, prefetch_batches: int = 1, keep_ids: bool = False
                           ) -> Iterator[tuple[dict, BatchStats]]:
-    """``(batch, stats)`` pairs from a Ray ``DataIterator`` (see the module docstring).
+    """``(batch, stats)`` pairs from a Ray ``DataIterator`` of wire rows (see the module docstring).
 
-    ``device``: torch device for the tensors (default: Ray's ``"auto"``, i.e. the Train worker's
-    device, CPU outside Train). ``keep_ids=True`` also keeps ``sample_id`` and ``shard_id``.
+    ``spec``: the ``MediaSpec`` the rows were decoded with. ``device``: torch device for the
+    tensors (default: Ray's ``"auto"``, i.e. the Train worker's device, CPU outside Train).
+    ``keep_ids=True`` also keeps ``sample_id`` and ``shard_id``.
     """
     import torch
 
-    kwargs = {"batch_size": batch_size, "drop_last": drop_last, "prefetch_batches": prefetch_batches,
-              "device": device if device is not None else "auto"}
-    source = iter(data_iterator.iter_torch_batches(**kwargs))
     keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+    wanted = keys + tuple(k for k in STATS_KEYS if k not in keys)
+    kwargs = {"batch_size": batch_size, "drop_last": drop_last, "prefetch_batches": prefetch_batches,
+              "device": device if device is not None else "auto",
+              "collate_fn": WireCollate(spec, wanted)}
+    source = iter(data_iterator.iter_torch_batches(**kwargs))
     while True:
         started = time.perf_counter()
         try:
@@ -112,7 +123,7 @@ def iter_training_batches(data_iterator, batch_size: int, device=None, drop_last
         else:  # possibly zero rows: still one batch, so every worker takes the same steps
             index = torch.from_numpy(np.flatnonzero(valid)).to(batch["input_ids"].device)
             out = {k: batch[k].index_select(0, index) for k in keys}
-        yield out, stats
+        yield normalise_pixels_(out), stats
 
 
 def collate_numpy(rows: Iterable[dict]) -> dict[str, np.ndarray]:

@@ -5,15 +5,16 @@
 ``map_batches`` actors (``SampleProcessor``): images with Pillow, audio with soundfile +
 torchaudio, video with PyAV, text with the ``tokenizers`` tokenizer.
 
-Output columns (all numeric numpy, so ``iter_torch_batches()``'s default collate works): every
-key of ``multimodal/batch.py`` plus
+Output columns: **wire rows** (``data/wire.py``): the text keys and ``<m>_present`` masks of
+``multimodal/batch.py``, each modality as one binary value (uint8 pixels / float32 log-mel bytes,
+empty when absent; ``loader.iter_training_batches`` makes dense normalised tensors of them), plus
 
 - ``shard_id`` int64: index of the row's shard in the summary's shard list (or in the sorted
   list of all tars under the prefix); stable whatever ``shards=`` subset is read;
 - ``sample_id`` int64: unique per sample (the row number in the whole dataset for Parquet, a 63-bit hash of
   ``<tar name>/<key>`` for WebDataset), for exactly-once checks;
 - ``bad_image``/``bad_audio``/``bad_video`` bool: the sample had that modality but it failed to
-  decode (its tensor is zeros and ``<m>_present`` is False);
+  decode (its value is empty and ``<m>_present`` is False);
 - ``sample_valid`` bool: False when the sample had media and *all* of them failed (its caption
   describes something that is not there), or when it has neither text nor media. Invalid rows are
   **kept** in the dataset so the counts survive to the consumer; ``loader.iter_training_batches``
@@ -37,12 +38,13 @@ from collections.abc import Sequence
 import numpy as np
 
 from multimodal import fs
-from multimodal.batch import MODALITIES, empty_batch, present_key
+from multimodal.batch import IGNORE_INDEX, MODALITIES, PAD_ID, present_key
 from multimodal.config import MediaSpec
 from multimodal.data import schema
-from multimodal.data.decode import DECODERS, MediaDecodeError
+from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
+from multimodal.data.wire import media_shape, pack_media
 
 EXTRA_COLUMNS: tuple[str, ...] = ("shard_id", "sample_id", "bad_image", "bad_audio", "bad_video",
                                   "sample_valid")
@@ -146,17 +148,21 @@ class SampleProcessor:
                 f"shard {name}: {run} consecutive samples with undecodable media (limit "
                 f"{self.max_consecutive_failures}); the dataset looks broken. Last error: {error}")
 
-    def process_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        out = empty_batch(self.spec, len(rows))
-        extra = {"shard_id": np.zeros(len(rows), np.int64), "sample_id": np.zeros(len(rows), np.int64),
-                 "sample_valid": np.zeros(len(rows), bool)}
+    def _decode(self, rows: list[dict], decoders: dict) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+        """Text/mask/extra columns and, per modality, the decoded arrays (None where absent/bad)."""
+        n, length = len(rows), self.spec.max_text_tokens
+        out = {"input_ids": np.full((n, length), PAD_ID, np.int64),
+               "attention_mask": np.zeros((n, length), np.int64),
+               "labels": np.full((n, length), IGNORE_INDEX, np.int64),
+               "shard_id": np.zeros(n, np.int64), "sample_id": np.zeros(n, np.int64),
+               "sample_valid": np.zeros(n, bool)}
+        media: dict[str, list] = {m: [None] * n for m in MODALITIES}
         for modality in MODALITIES:
-            extra[f"bad_{modality}"] = np.zeros(len(rows), bool)
-        max_len = self.spec.max_text_tokens
+            out[f"bad_{modality}"] = np.zeros(n, bool)
         for i, row in enumerate(rows):
             shard_id = int(row["shard_id"])
-            extra["shard_id"][i] = shard_id
-            extra["sample_id"][i] = int(row["sample_id"])
+            out["shard_id"][i] = shard_id
+            out["sample_id"][i] = int(row["sample_id"])
             had_media = good_media = 0
             for modality in MODALITIES:
                 data = row.get(modality)
@@ -164,23 +170,38 @@ class SampleProcessor:
                     continue
                 had_media += 1
                 try:
-                    out[modality][i] = DECODERS[modality](data, self.spec)
+                    media[modality][i] = decoders[modality](data, self.spec)
                 except MediaDecodeError as exc:
-                    extra[f"bad_{modality}"][i] = True
+                    out[f"bad_{modality}"][i] = True
                     self._note(shard_id, False, exc)
                     continue
-                out[present_key(modality)][i] = True
                 good_media += 1
                 self._note(shard_id, True)
             text, prompt = row.get("text") or "", row.get("prompt") or ""
-            ids, mask, labels = encode_sample(self.tokenizer, text, prompt, max_len)
+            ids, mask, labels = encode_sample(self.tokenizer, text, prompt, length)
             out["input_ids"][i], out["attention_mask"][i], out["labels"][i] = ids, mask, labels
-            extra["sample_valid"][i] = good_media > 0 if had_media else bool(text)
-        out.update(extra)
+            out["sample_valid"][i] = good_media > 0 if had_media else bool(text)
+        for modality in MODALITIES:
+            out[present_key(modality)] = np.array([a is not None for a in media[modality]], dtype=bool)
+        return out, media
+
+    def process_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
+        """Rows in the shard schema → a dense contract batch (float32 media, zeros where absent)."""
+        out, media = self._decode(rows, DECODERS)
+        for modality in MODALITIES:
+            dense = np.zeros((len(rows), *media_shape(self.spec, modality)), np.float32)
+            for i, array in enumerate(media[modality]):
+                if array is not None:
+                    dense[i] = array
+            out[modality] = dense
         return out
 
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        return self.process_rows(self._rows_from_batch(batch))
+        """A batch of shard rows → wire rows (``data/wire.py``): what the Ray pipeline ships."""
+        out, media = self._decode(self._rows_from_batch(batch), COMPACT_DECODERS)
+        for modality in MODALITIES:
+            out[modality] = pack_media(media[modality], modality)
+        return out
 
 
 def output_columns() -> list[str]:

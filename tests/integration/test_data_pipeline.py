@@ -14,6 +14,7 @@ import threading
 
 import numpy as np
 import pytest
+import torch
 
 from multimodal import fs
 from multimodal.batch import MODALITIES, batch_shapes, present_key
@@ -79,7 +80,7 @@ def consume_split(dataset, n: int = 2, epochs: int = 1):
         try:
             for epoch in range(epochs):
                 seen, total = [], BatchStats()
-                for batch, stats in iter_training_batches(iterators[index], 4, device="cpu", keep_ids=True):
+                for batch, stats in iter_training_batches(iterators[index], 4, SPEC, device="cpu", keep_ids=True):
                     seen.append({k: v.numpy() for k, v in batch.items()})
                     total.merge(stats)
                 results[index].append((seen, total))
@@ -197,9 +198,9 @@ def test_webdataset_tars_read_into_the_same_schema(ray_cluster, s3_server, media
     assert by_presence == sorted([(0, True, False, False, False, True), (0, False, True, False, False, True),
                                   (0, False, False, False, False, True), (1, False, False, True, False, True),
                                   (1, False, False, False, True, False), (1, True, True, False, False, True)])
-    for row in rows:
-        assert row["image"].shape == (3, SPEC.image_size, SPEC.image_size)
-        assert row["video"].shape == (SPEC.video_frames, 3, SPEC.video_size, SPEC.video_size)
+    for row in rows:  # wire rows: uint8 pixel bytes when present, empty when not
+        assert len(row["image"]) == (3 * SPEC.image_size ** 2 if row["image_present"] else 0)
+        assert len(row["video"]) == (SPEC.video_frames * 3 * SPEC.video_size ** 2 if row["video_present"] else 0)
     subset = build_dataset(f"s3://{bucket}/wds", SPEC, packed["tokenizer"], shards=["000001.tar"],
                            concurrency=1).select_columns(["shard_id"]).take_all()
     assert sorted(r["shard_id"] for r in subset) == [1, 1, 1]
@@ -210,14 +211,22 @@ def test_a_batch_of_only_invalid_rows_still_yields_one_empty_batch(ray_cluster):
     import ray
 
     from multimodal.batch import empty_batch
+    from multimodal.data.wire import pack_media
 
     rows = empty_batch(SPEC, 8)
     rows.update(sample_valid=np.array([False] * 4 + [True] * 4), shard_id=np.zeros(8, np.int64),
                 bad_image=np.array([True] * 4 + [False] * 4), bad_audio=np.zeros(8, bool),
                 bad_video=np.zeros(8, bool))
     rows["image_present"][4:] = True
+    pixels = np.full((3, SPEC.image_size, SPEC.image_size), 255, np.uint8)
+    rows["image"] = pack_media([None] * 4 + [pixels] * 4, "image")
+    for modality in ("audio", "video"):
+        rows[modality] = pack_media([None] * 8, modality)
     dataset = ray.data.from_items([{k: v[i] for k, v in rows.items()} for i in range(8)])
-    batches = list(iter_training_batches(dataset.iterator(), 4, device="cpu"))
+    batches = list(iter_training_batches(dataset.iterator(), 4, SPEC, device="cpu"))
     assert [b["input_ids"].shape[0] for b, _ in batches] == [0, 4]
     assert batches[0][1].dropped == 4 and batches[0][1].bad["image"] == 4
     assert batches[1][1].samples["image"] == 4
+    image, video = batches[1][0]["image"], batches[1][0]["video"]
+    assert image.dtype == video.dtype == torch.float32 and bool((image == 1.0).all())  # 255 -> +1
+    assert video.shape == (4, SPEC.video_frames, 3, SPEC.video_size, SPEC.video_size) and not video.any()

@@ -15,6 +15,7 @@ from multimodal.config import preset
 from multimodal.data import make_shards as ms
 from multimodal.data.loader import batch_stats
 from multimodal.data.pipeline import DatasetBrokenError, SampleProcessor, resolve_shards
+from multimodal.data.wire import wire_to_dense
 from multimodal.data.schema import SCHEMA_VERSION, SHARD_SCHEMA, read_summary
 from multimodal.data.tokenizer import train_tokenizer, train_tokenizer_from_dataset
 from multimodal.data.webdataset import iter_tar_samples
@@ -177,8 +178,16 @@ def test_sample_processor_without_ray(media, tmp_path):
     batch = {k: np.asarray(table.column(k).to_pylist(), dtype=object) for k in table.column_names}
     batch["path"] = np.asarray([paths[0]] * table.num_rows, dtype=object)
     tok = train_tokenizer(["a red circle", "notes", "everything"] * 5, 300)
-    result = SampleProcessor(SPEC, tok, names)(batch)
+    processor = SampleProcessor(SPEC, tok, names)
+    wire = processor(batch)  # what the Ray pipeline ships: media as bytes, empty when absent
+    assert [len(v) for v in wire["image"]] == [3 * 32 * 32, 0, 0, 3 * 32 * 32, 0, 0, 0]
+    assert len(wire["video"][2]) == 4 * 3 * 32 * 32 and len(wire["audio"][1]) == SPEC.audio_n_mels * SPEC.audio_frames * 4
+    result = wire_to_dense(wire, SPEC)
+    dense = processor.process_rows(processor._rows_from_batch(batch))
+    for key, value in dense.items():  # the two paths give the same contract batch
+        np.testing.assert_array_equal(result[key], value, err_msg=key)
     assert result["image"].shape == (7, 3, 32, 32) and result["video"].shape == (7, 4, 3, 32, 32)
+    assert result["image"].dtype == np.float32 and -1.0 <= result["image"].min() <= result["image"].max() <= 1.0
     assert result["image_present"].tolist() == [True, False, False, True, False, False, False]
     assert result["audio_present"].tolist() == [False, True, False, True, False, False, False]
     assert result["video_present"].tolist() == [False, False, True, True, False, False, False]
