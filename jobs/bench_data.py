@@ -76,6 +76,9 @@ def parse_args(argv=None):
     parser.add_argument("--actor-cpus", type=float, default=1.0,
                         help="num_cpus asked per decode actor; build_dataset lowers it so one logical CPU "
                              "stays free for listing/read tasks (default 1.0)")
+    parser.add_argument("--ray-read", action="store_true",
+                        help="read the Parquet shards with ray.data.read_parquet tasks instead of in the "
+                             "decode actors (build_dataset(read_in_decoder=False))")
     parser.add_argument("--read-cpus", type=float, default=None,
                         help="num_cpus per Parquet read task (default: build_dataset's)")
     parser.add_argument("--batch-size", type=int, default=32,
@@ -320,6 +323,19 @@ def _cpu_seconds(pid: int) -> float:
         return 0.0
 
 
+def _host_cpu_seconds() -> tuple[float, float]:
+    """(busy, idle) CPU seconds of the whole host since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = [int(x) for x in handle.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0.0, 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
+    return busy / tick, idle / tick
+
+
 def _process_role(pid: int) -> str:
     """A short role for the CPU breakdown: decode actor, read task, driver, raylet, moto ..."""
     try:
@@ -375,6 +391,8 @@ class MemorySampler(threading.Thread):
         self.extra_pids = list(extra_pids)  # e.g. the moto S3 server: its CPU is part of the cost
         self.cpu: dict[int, tuple[str, float, float]] = {}  # pid -> (role, cpu s at mark, latest cpu s)
         self.born_in_window: list[int] = []  # processes started during the measured window
+        self.host_at_mark: tuple[float, float] | None = None
+        self.host_at_stop: tuple[float, float] | None = None
         self.raylet_pid = raylet_pid
         self.gcs_address = gcs_address
         self._state = None
@@ -424,6 +442,8 @@ class MemorySampler(threading.Thread):
             pids = self.pids(children)
             mems = [_mem_mb(p) for p in pids]
             marked = self.mark is not None
+            if marked and self.host_at_mark is None:
+                self.host_at_mark = _host_cpu_seconds()
             for pid in self.cpu_pids(children):
                 seconds = _cpu_seconds(pid)
                 if pid not in self.cpu:
@@ -442,6 +462,7 @@ class MemorySampler(threading.Thread):
             self._halt.wait(self.every)
 
     def stop(self):
+        self.host_at_stop = _host_cpu_seconds()
         self._halt.set()
         self.join(timeout=10)
         for pid, (role, base, latest) in list(self.cpu.items()):  # a last reading at the window's end
@@ -459,6 +480,9 @@ class MemorySampler(threading.Thread):
             born[self.cpu[pid][0]] = born.get(self.cpu[pid][0], 0) + 1
         if born:
             out["processes started in the window"] = born
+        if self.host_at_mark and self.host_at_stop:
+            out["host busy"] = round(self.host_at_stop[0] - self.host_at_mark[0], 1)
+            out["host idle"] = round(self.host_at_stop[1] - self.host_at_mark[1], 1)
         return out
 
     def summary(self) -> dict:
@@ -520,7 +544,7 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
         env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
     dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
                             batch_size=args.batch_size, override_num_blocks=blocks or None,
-                            runtime_env={"env_vars": env},
+                            runtime_env={"env_vars": env}, read_in_decoder=not args.ray_read,
                             **({"read_num_cpus": args.read_cpus} if args.read_cpus is not None else {}))
     warm_rows = max(int(samples * args.warmup), args.batch_size)
     rows = valid = 0
@@ -606,7 +630,7 @@ def main(argv=None) -> int:
             from ray.data import DataContext
 
             ctx = DataContext.get_current()
-            ctx.enable_progress_bars = False
+            ctx.enable_progress_bars = os.environ.get("BENCH_PROGRESS") == "1"
             if args.block_mb:
                 ctx.target_max_block_size = args.block_mb * 1024**2
             cpus = ray.cluster_resources().get("CPU", 0)

@@ -157,6 +157,7 @@ class _ShardWriter:
         self._tmp_path: str | None = None
         self._rows = 0
         self._bytes = 0
+        self._row_groups = 0
         self._finished_paths: list[str] = []
 
     def _open(self) -> None:
@@ -172,7 +173,7 @@ class _ShardWriter:
             use_dictionary=["id", "prompt", "image_ext", "audio_ext", "video_ext"],
             write_statistics=["sample_id"],
         )
-        self._rows = self._bytes = 0
+        self._rows = self._bytes = self._row_groups = 0
 
     def add(self, row: dict, size: int) -> None:
         if self._writer is None:
@@ -188,7 +189,9 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         if self._buffer and self._writer is not None:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=SHARD_SCHEMA))
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=SHARD_SCHEMA),
+                                     row_group_size=len(self._buffer))
+            self._row_groups += 1
         self._buffer, self._buffer_bytes = [], 0
 
     def _close_shard(self) -> None:
@@ -210,7 +213,8 @@ class _ShardWriter:
             os.unlink(self._tmp_path)
         self._tmp_path = None
         self._finished_paths.append(final)
-        self.shards.append({"path": name, "rows": self._rows, "bytes": size})
+        # row_groups: readers split the work per row group (multimodal/data/pipeline.py)
+        self.shards.append({"path": name, "rows": self._rows, "bytes": size, "row_groups": self._row_groups})
 
     def finish(self) -> list[dict]:
         self._close_shard()

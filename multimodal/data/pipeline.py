@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -52,6 +52,7 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_CONCURRENCY = 2
 DEFAULT_READ_BIN_BYTES = 8 * 1024**2  # Parquet bytes per read task
 TARGET_BLOCK_BYTES = 16 * 1024**2  # decoded bytes per block
+MAX_UNIT_BLOCKS = 4096  # read units (row groups) are grouped into at most this many blocks
 WDS_META = ("__key__", "__url__")
 
 
@@ -204,6 +205,64 @@ class SampleProcessor:
         return out
 
 
+PARQUET_READ_COLUMNS: tuple[str, ...] = tuple(c for c in schema.SHARD_COLUMNS
+                                             if not c.endswith("_ext") and c != "id")
+
+
+class ParquetUnitDecoder(SampleProcessor):
+    """Reads Parquet read units (one row group of one shard) from the store and decodes them.
+
+    The Ray pipeline's decode actors run this: reading in the actor that decodes (rather than
+    in separate ``read_parquet`` tasks) keeps the encoded bytes out of the object store and
+    needs no extra worker processes; ``batch_size`` rows at a time are read and decoded, so an
+    actor holds one row group at most. Input: a batch of units (``path``, ``row_group``; -1 =
+    the whole shard); output: wire-row batches, yielded as they are decoded.
+    """
+
+    def __init__(self, spec: MediaSpec | dict, tokenizer, shard_names: Sequence[str],
+                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_BATCH_SIZE):
+        super().__init__(spec, tokenizer, shard_names, max_consecutive_failures)
+        self.batch_size = int(batch_size)
+
+    def __call__(self, units: dict) -> Iterator[dict[str, np.ndarray]]:
+        for path, row_group in zip(units["path"], units["row_group"]):
+            yield from self.decode_unit(str(path), int(row_group))
+
+    def decode_unit(self, uri: str, row_group: int = -1) -> Iterator[dict[str, np.ndarray]]:
+        """Wire-row batches of one row group (or of the whole shard when ``row_group`` < 0)."""
+        import pyarrow.parquet as pq
+
+        filesystem, inner = fs.filesystem_for(uri)
+        with filesystem.open_input_file(inner) as handle:
+            parquet = pq.ParquetFile(handle)
+            columns = [c for c in PARQUET_READ_COLUMNS if c in parquet.schema_arrow.names]
+            groups = [row_group] if row_group >= 0 else None
+            for record_batch in parquet.iter_batches(batch_size=self.batch_size, row_groups=groups,
+                                                     columns=columns):
+                data = {name: np.asarray(record_batch.column(name).to_pylist(), dtype=object)
+                        for name in record_batch.schema.names}
+                data["path"] = np.full(record_batch.num_rows, inner, dtype=object)
+                yield SampleProcessor.__call__(self, data)
+
+
+def read_units(uri: str, shards: Sequence[str] | None = None) -> tuple[list[str], list[dict]]:
+    """``(all shard names, units)`` of a Parquet shard prefix: one unit per row group of each
+    selected shard (per shard when ``_dataset.json`` does not list row groups)."""
+    summary = schema.read_summary(uri)
+    if summary is None:
+        raise FileNotFoundError(f"{uri}: no {schema.SUMMARY_NAME} (run slm-make-shards)")
+    root = schema.dataset_root(uri)
+    chosen = set(_select(summary.shard_names, shards, uri))
+    units = []
+    for shard in summary.shards:
+        if shard["path"] not in chosen:
+            continue
+        groups = int(shard.get("row_groups") or 0)
+        path = fs.join(root, shard["path"])
+        units += [{"path": path, "row_group": g} for g in (range(groups) if groups else [-1])]
+    return summary.shard_names, units
+
+
 def output_columns() -> list[str]:
     from multimodal.batch import TEXT_KEYS
 
@@ -247,16 +306,21 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
                   batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int | tuple[int, int] = DEFAULT_CONCURRENCY,
                   num_cpus: float = 1.0, runtime_env: dict | None = None,
                   override_num_blocks: int | None = None, read_num_cpus: float = 0.25,
-                  read_bin_bytes: int = DEFAULT_READ_BIN_BYTES):
+                  read_bin_bytes: int = DEFAULT_READ_BIN_BYTES, read_in_decoder: bool = True):
     """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
 
     ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
     URI. ``batch_size``/``concurrency``/``num_cpus``: of the decode actors (``map_batches``).
     ``runtime_env``: for the read and decode tasks; default passes the driver's AWS_* variables.
-    ``read_num_cpus``: CPUs reserved per read task. When the decode actors would take every CPU
-    of the cluster (which leaves the file-listing and read tasks unschedulable and hangs the
-    pipeline), each actor's ``num_cpus`` is lowered so one CPU stays free.
+    ``read_in_decoder`` (Parquet only, default True): the decode actors read their row groups
+    themselves (``ParquetUnitDecoder``); False uses ``ray.data.read_parquet`` tasks, which ship
+    the encoded bytes to the actors through the object store (slower on small machines:
+    ``jobs/bench_data.py --ray-read``). WebDataset tars always use ``read_webdataset``.
+    ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``: of those read tasks. When the
+    decode actors would take every CPU of the cluster (which leaves the file-listing and read
+    tasks unschedulable and hangs the pipeline), each actor's ``num_cpus`` is lowered so one CPU
+    stays free.
     """
     import ray
 
@@ -270,12 +334,26 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     kind, names, paths = resolve_shards(uri, shards)
     if not paths:
         raise ValueError(f"{uri}: no shards selected")
+    context = ray.data.DataContext.get_current()
+    # decoded rows of a 16 MiB block are ~1,200 images or ~160 videos at the slm-63m spec; Ray's
+    # 128 MiB default would let two blocks fill a small object store
+    context.target_max_block_size = min(context.target_max_block_size or TARGET_BLOCK_BYTES, TARGET_BLOCK_BYTES)
+    tok = as_tokenizer(tokenizer).to_str()
+    if runtime_env is None:
+        runtime_env = {"env_vars": fs.aws_env_vars() if fs.is_s3(paths[0]) else {}}
+    if kind == "parquet" and read_in_decoder:
+        _, units = read_units(uri, shards)
+        # one block (= one actor task) per unit, so the actors share even a small dataset; capped
+        # so a huge dataset does not become hundreds of thousands of tiny driver-side objects
+        dataset = ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS))
+        return dataset.map_batches(
+            ParquetUnitDecoder,
+            fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures, batch_size),
+            batch_size=1, batch_format="numpy", compute=_actor_pool(concurrency),
+            num_cpus=num_cpus, runtime_env=runtime_env)
     first = paths[0]
     filesystem, _ = fs.filesystem_for(first)
     read_paths = [fs.filesystem_for(p)[1] for p in paths]
-    if runtime_env is None:
-        env = fs.aws_env_vars() if fs.is_s3(first) else {}
-        runtime_env = {"env_vars": env}
     # Ray packs up to 128 MiB of Parquet into one read task, so a small dataset became one block
     # that only one decode actor could work on; smaller bins spread the decode over all actors
     # (measured in jobs/bench_data.py: 236-400 -> 868 images/s with 2 actors).
@@ -283,12 +361,7 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     runtime_env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
                                                "RAY_DATA_PARQUET_BIN_PACKING_BYTES": bin_bytes}}
     os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", bin_bytes)
-    # decoded rows are large (~0.5 MB at the slm-63m spec): 128 MiB blocks would fill a small
-    # object store with two blocks; 16 MiB keeps the stream fine-grained
-    context = ray.data.DataContext.get_current()
-    context.target_max_block_size = min(context.target_max_block_size or TARGET_BLOCK_BYTES, TARGET_BLOCK_BYTES)
     remote = {"runtime_env": runtime_env}
-    tok = as_tokenizer(tokenizer).to_str()
     if kind == "parquet":
         columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
         dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True,
@@ -302,10 +375,19 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     return dataset.map_batches(
         SampleProcessor,
         fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures),
-        batch_size=batch_size, batch_format="numpy", concurrency=concurrency, num_cpus=num_cpus,
+        batch_size=batch_size, batch_format="numpy", compute=_actor_pool(concurrency), num_cpus=num_cpus,
         **remote,
     )
 
 
-__all__ = ["build_dataset", "SampleProcessor", "DatasetBrokenError", "resolve_shards",
+def _actor_pool(concurrency: int | tuple[int, int]):
+    import ray
+
+    if isinstance(concurrency, tuple):
+        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    return ray.data.ActorPoolStrategy(size=concurrency)
+
+
+__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "DatasetBrokenError",
+           "resolve_shards",
            "output_columns", "EXTRA_COLUMNS", "wds_sample_id"]

@@ -57,7 +57,8 @@ class DatasetSummary:
     """What ``_dataset.json`` holds. ``storage_calc --from`` reads exactly these keys."""
 
     schema_version: int = SCHEMA_VERSION
-    shards: list[dict] = field(default_factory=list)  # [{"path": "shard-00000.parquet", "rows", "bytes"}]
+    # [{"path": "shard-00000.parquet", "rows", "bytes", "row_groups"}] ("row_groups" may be absent)
+    shards: list[dict] = field(default_factory=list)
     rows: int = 0
     bytes: int = 0
     modalities: dict[str, dict[str, int]] = field(

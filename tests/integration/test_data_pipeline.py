@@ -137,6 +137,20 @@ def test_stream_two_consumers_exactly_once(ray_cluster, packed):
         assert epoch_stats.rows_per_shard == {i: s["rows"] for i, s in enumerate(summary.shards)}
 
 
+def test_read_parquet_tasks_give_the_same_rows(ray_cluster, packed):
+    """build_dataset(read_in_decoder=False): ray.data.read_parquet tasks feed the decode actors."""
+    columns = ["shard_id", "sample_id", "sample_valid", "image_present", "audio_present",
+               "video_present", "bad_image", "bad_audio", "bad_video"]
+
+    def rows(**kwargs):
+        dataset = build_dataset(packed["uri"], SPEC, packed["tokenizer"], concurrency=1, **kwargs)
+        return sorted(tuple(r[c] for c in columns) for r in dataset.select_columns(columns).take_all())
+
+    in_decoder = rows()
+    assert len(in_decoder) == len(packed["rows"])
+    assert rows(read_in_decoder=False) == in_decoder
+
+
 def test_shard_subset_keeps_shard_ids(ray_cluster, packed):
     summary = read_summary(packed["uri"])
     names = summary.shard_names

@@ -14,7 +14,8 @@ import pytest
 from multimodal.config import preset
 from multimodal.data import make_shards as ms
 from multimodal.data.loader import batch_stats
-from multimodal.data.pipeline import DatasetBrokenError, SampleProcessor, resolve_shards
+from multimodal.data.pipeline import (DatasetBrokenError, ParquetUnitDecoder, SampleProcessor, read_units,
+                                      resolve_shards)
 from multimodal.data.wire import wire_to_dense
 from multimodal.data.schema import SCHEMA_VERSION, SHARD_SCHEMA, read_summary
 from multimodal.data.tokenizer import train_tokenizer, train_tokenizer_from_dataset
@@ -66,7 +67,7 @@ def test_csv_manifest_to_local_shards(media, tmp_path, capsys):
     on_disk = json.loads((out / "_dataset.json").read_text())
     assert set(on_disk) >= {"schema_version", "shards", "rows", "bytes", "modalities"}
     assert on_disk["shards"] == [{"path": "shard-00000.parquet", "rows": 6,
-                                  "bytes": (out / "shard-00000.parquet").stat().st_size}]
+                                  "bytes": (out / "shard-00000.parquet").stat().st_size, "row_groups": 1}]
     assert on_disk["bytes"] == sum(s["bytes"] for s in on_disk["shards"])
     assert read_summary(str(out)).to_dict() == on_disk
     table = pq.read_table(out / "shard-00000.parquet")
@@ -198,6 +199,32 @@ def test_sample_processor_without_ray(media, tmp_path):
     stats, valid = batch_stats(result)
     assert stats.valid == 5 and stats.dropped == 2 and stats.bad == {"image": 1, "audio": 1, "video": 1}
     assert stats.samples == {"text": 5, "image": 2, "audio": 2, "video": 2}
+
+
+def test_row_group_units_cover_every_row_once(media, tmp_path):
+    """The decode actors' read units: one per row group, listed in _dataset.json."""
+    rows = sample_rows(media) * 3
+    manifest = write_csv(media / "m9.csv", rows)
+    out = tmp_path / "units"
+    summary = ms.make_shards(str(manifest), str(out), target_shard_bytes=60_000,
+                             row_group_bytes=20_000, progress=None)
+    groups = [s["row_groups"] for s in summary.shards]
+    assert len(groups) >= 2 and all(g >= 1 for g in groups) and sum(groups) > len(groups)
+    for shard, count in zip(summary.shards, groups):
+        assert pq.ParquetFile(str(out / shard["path"])).num_row_groups == count
+    names, units = read_units(str(out))
+    assert len(units) == sum(groups) and names == summary.shard_names
+    decoder = ParquetUnitDecoder(SPEC, train_tokenizer(["a red circle"] * 5, 300), names, batch_size=4)
+    seen = []
+    for unit in units:
+        for wire in decoder.decode_unit(unit["path"], unit["row_group"]):
+            assert len(wire["sample_id"]) <= 4
+            seen += list(zip(wire["shard_id"].tolist(), wire["sample_id"].tolist()))
+    assert sorted(i for _, i in seen) == list(range(summary.rows))
+    whole = [i for w in decoder.decode_unit(units[0]["path"], -1) for i in w["sample_id"].tolist()]
+    assert len(whole) == summary.shards[0]["rows"]  # -1 = the whole shard (summaries without row_groups)
+    _, subset = read_units(str(out), shards=[names[-1]])
+    assert {u["path"] for u in subset} == {str(out / names[-1])}
 
 
 def test_consecutive_failures_name_the_shard():
