@@ -2,20 +2,26 @@
 
 Both sides read the *same* Parquet shards from S3 and run the *same* decode code
 (``multimodal.data.pipeline.SampleProcessor``: Pillow / soundfile+torchaudio / PyAV + tokenizer,
-torch intra-op threads = 1 on both sides, so the comparison is per core):
+torch intra-op threads = 1 on both sides, so the comparison is per core), and both end with
+model-ready batches (dense float32, normalised pixels):
 
 - baseline: one Python process reads each shard with pyarrow from S3 and calls
   ``SampleProcessor.process_rows`` batch after batch; timed end to end (S3 reads included);
 - Ray: ``build_dataset(...)`` with ``--concurrency`` decode actors, consumed on the driver with
-  ``iter_batches``. The clock starts after a warm-up (the first ``--warmup`` fraction of the rows),
-  so Ray start-up, actor start-up and imports are **excluded**; the end-to-end rate (including them)
-  is printed too.
+  ``loader.iter_training_batches`` (wire rows densified and normalised, as a trainer gets them).
+  The clock starts after a warm-up (the first ``--warmup`` fraction of the rows), so Ray
+  start-up, actor start-up and imports are **excluded**; the end-to-end rate is printed too.
+
+CPU: the CPU seconds every process of this Ray session, the driver and the S3 server used during
+the measured window, by role (decode actors, read tasks, driver, raylet, s3 server ...), plus the
+whole host's busy and idle seconds from /proc/stat: where the two cores went.
 
 Memory: every second while the Ray side streams, the RSS of this driver plus every process of
 *this* Ray session (the raylet of this session's session dir and all its descendants: workers,
 decode actors, read tasks) is summed, and the plasma (object store) bytes in use are read from the
-raylet. The decoded stream is several times the object store (each decoded row carries all three
-modality tensors: ~0.48 MB under ``slm-63m``), so a flat curve means Ray Data's backpressure works.
+raylet. The decoded stream (wire rows: ~14 kB per image, ~100 kB per video, ~33 kB per audio clip
+under ``slm-63m``) is larger than the object store, so a flat curve means Ray Data's
+backpressure works.
 
     python jobs/bench_data.py                       # starts moto S3 + a 2-CPU local Ray itself
     python jobs/bench_data.py --modalities image,video --samples 20000
@@ -51,7 +57,7 @@ from multimodal.config import MediaSpec, preset  # noqa: E402
 
 MODALITY_CHOICES = ("image", "audio", "video")
 # default samples per modality: sized so the Ray measured window is tens of seconds on 2 cores
-DEFAULT_SAMPLES = {"image": 20000, "audio": 2000, "video": 2400}
+DEFAULT_SAMPLES = {"image": 20000, "audio": 2000, "video": 4800}
 DISTINCT_FILES = 64  # distinct encoded files per modality; rows cycle through them
 FLAT_SLACK_MB = 150.0
 

@@ -1,9 +1,13 @@
 """The streaming Ray Dataset for training: shards (Parquet or WebDataset) → decoded fixed-shape rows.
 
-``build_dataset(uri, spec, tokenizer)`` reads Parquet shards listed in ``<uri>/_dataset.json``
-(or ``.tar`` WebDataset shards) from a local path or S3, and decodes every sample on CPU in
-``map_batches`` actors (``SampleProcessor``): images with Pillow, audio with soundfile +
-torchaudio, video with PyAV, text with the ``tokenizers`` tokenizer.
+``build_dataset(uri, spec, tokenizer)`` streams the Parquet shards listed in
+``<uri>/_dataset.json`` (or ``.tar`` WebDataset shards) from a local path or S3 and decodes every
+sample on CPU in ``map_batches`` actors: images with Pillow, audio with soundfile + torchaudio,
+video with PyAV, text with the ``tokenizers`` tokenizer. For Parquet the dataset is one item per
+row group ("read unit"); each decode actor (``ParquetUnitDecoder``) reads its row group from the
+store itself, ``batch_size`` rows at a time, so encoded bytes never pass through the object store
+(``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
+by ``ray.data.read_webdataset`` tasks and decoded by ``SampleProcessor`` actors.
 
 Output columns: **wire rows** (``data/wire.py``): the text keys and ``<m>_present`` masks of
 ``multimodal/batch.py``, each modality as one binary value (uint8 pixels / float32 log-mel bytes,
