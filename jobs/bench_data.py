@@ -57,7 +57,7 @@ from multimodal.config import MediaSpec, preset  # noqa: E402
 
 MODALITY_CHOICES = ("image", "audio", "video")
 # default samples per modality: sized so the Ray measured window is tens of seconds on 2 cores
-DEFAULT_SAMPLES = {"image": 20000, "audio": 2000, "video": 4800}
+DEFAULT_SAMPLES = {"image": 40000, "audio": 2000, "video": 4800}
 DISTINCT_FILES = 64  # distinct encoded files per modality; rows cycle through them
 FLAT_SLACK_MB = 150.0
 
@@ -597,6 +597,9 @@ def main(argv=None) -> int:
         return 2
     spec = preset(args.preset).media
     counts = {m: args.samples or DEFAULT_SAMPLES[m] for m in modalities}
+    import torch
+
+    torch.set_num_threads(1)  # both sides: the baseline loop and the Ray consumer (pixel normalising)
     load_start = loadavg()
     moto = ensure_s3()
     started_ray = False
