@@ -16,7 +16,7 @@ CPU: the CPU seconds every process of this Ray session, the driver and the S3 se
 the measured window, by role (decode actors, read tasks, driver, raylet, s3 server ...), plus the
 whole host's busy and idle seconds from /proc/stat: where the two cores went.
 
-Memory: every second while the Ray side streams, the RSS of this driver plus every process of
+Memory: every 2 s while the Ray side streams, the RSS of this driver plus every process of
 *this* Ray session (the raylet of this session's session dir and all its descendants: workers,
 decode actors, read tasks) is summed, and the plasma (object store) bytes in use are read from the
 raylet. The decoded stream (wire rows: ~14 kB per image, ~100 kB per video, ~33 kB per audio clip
@@ -78,7 +78,9 @@ def parse_args(argv=None):
                         help="comma list of image,audio,video (default all three)")
     parser.add_argument("--num-cpus", type=int, default=2,
                         help="logical CPUs of the local Ray cluster this script starts (default 2 = cores here)")
-    parser.add_argument("--concurrency", type=int, default=2, help="Ray decode actors (default 2)")
+    parser.add_argument("--concurrency", type=int, default=3,
+                        help="Ray decode actors (default 3: one more than the cores here, because PyAV and "
+                             "soundfile processes leave ~20-25%% of a core idle; measured in the README)")
     parser.add_argument("--actor-cpus", type=float, default=1.0,
                         help="num_cpus asked per decode actor; build_dataset lowers it so one logical CPU "
                              "stays free for listing/read tasks (default 1.0)")
@@ -391,7 +393,7 @@ class MemorySampler(threading.Thread):
     """Every ``every`` s: RSS of this driver + this session's raylet and all its descendants, and
     the object store bytes in use (plasma, from the raylet)."""
 
-    def __init__(self, raylet_pid: int | None, gcs_address: str | None, every: float = 1.0,
+    def __init__(self, raylet_pid: int | None, gcs_address: str | None, every: float = 2.0,
                  extra_pids: tuple[int, ...] = ()):
         super().__init__(daemon=True)
         self.extra_pids = list(extra_pids)  # e.g. the moto S3 server: its CPU is part of the cost
@@ -476,7 +478,7 @@ class MemorySampler(threading.Thread):
             self.cpu[pid] = (_more_specific(role, _process_role(pid)), base, _cpu_seconds(pid) or latest)
 
     def cpu_breakdown(self) -> dict[str, float]:
-        """CPU seconds used per process role during the measured window (sampled every second)."""
+        """CPU seconds used per process role during the measured window (sampled every 2 s)."""
         roles: dict[str, float] = {}
         for role, base, latest in self.cpu.values():
             roles[role] = roles.get(role, 0.0) + max(latest - base, 0.0)
@@ -706,7 +708,7 @@ def main(argv=None) -> int:
                   f"{r.get('rss_mb_peak', '-'):>11} "
                   f"{r.get('store_mb_peak', '-'):>8} {str(r.get('flat', '-')):>5}")
         print(f"Memory = this driver + this Ray session's raylet and all its descendant processes, sampled "
-              f"every 1 s during the measured window. PSS counts the shared object-store pages once (RSS "
+              f"every 2 s during the measured window. PSS counts the shared object-store pages once (RSS "
               f"counts them in every process that maps them); flat = PSS peak - start < {FLAT_SLACK_MB:.0f} MB; "
               f"store = plasma MB in use (peak).")
         print("RESULT " + json.dumps({"cores": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
