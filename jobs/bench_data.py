@@ -79,8 +79,8 @@ def parse_args(argv=None):
     parser.add_argument("--num-cpus", type=int, default=2,
                         help="logical CPUs of the local Ray cluster this script starts (default 2 = cores here)")
     parser.add_argument("--concurrency", type=int, default=3,
-                        help="Ray decode actors (default 3: one more than the cores here, because PyAV and "
-                             "soundfile processes leave ~20-25%% of a core idle; measured in the README)")
+                        help="Ray decode actors (default 3: one more than the cores here, because a PyAV "
+                             "decoding process leaves ~20-25%% of its core idle; measured in the README)")
     parser.add_argument("--actor-cpus", type=float, default=1.0,
                         help="num_cpus asked per decode actor; build_dataset lowers it so one logical CPU "
                              "stays free for listing/read tasks (default 1.0)")
