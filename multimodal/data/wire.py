@@ -29,7 +29,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from multimodal.batch import MODALITIES, batch_shapes
+from multimodal.batch import MODALITIES, batch_shapes, present_key
 from multimodal.config import MediaSpec
 from multimodal.data.decode import PIXEL_OFFSET, PIXEL_SCALE
 
@@ -81,8 +81,6 @@ def normalise_pixels_(batch: dict) -> dict:
     """In place: uint8 ``image``/``video`` tensors → float32 in ``[-1, 1]`` on their device, and
     exactly 0 in rows whose ``<m>_present`` is False (the dense contract's "absent")."""
     import torch
-
-    from multimodal.batch import present_key
 
     for modality in PIXEL_MODALITIES:
         value = batch.get(modality)
