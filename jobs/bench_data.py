@@ -87,6 +87,9 @@ def parse_args(argv=None):
     parser.add_argument("--ray-read", action="store_true",
                         help="read the Parquet shards with ray.data.read_parquet tasks instead of in the "
                              "decode actors (build_dataset(read_in_decoder=False))")
+    parser.add_argument("--decode-batch", type=int, default=None,
+                        help="rows the decode actors read and decode per step "
+                             "(build_dataset(unit_batch_rows=...), default 256)")
     parser.add_argument("--read-cpus", type=float, default=None,
                         help="num_cpus per Parquet read task (default: build_dataset's)")
     parser.add_argument("--batch-size", type=int, default=32,
@@ -552,6 +555,7 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
         env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
     dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
                             batch_size=args.batch_size, override_num_blocks=blocks or None,
+                            **({"unit_batch_rows": args.decode_batch} if args.decode_batch else {}),
                             runtime_env={"env_vars": env}, read_in_decoder=not args.ray_read,
                             **({"read_num_cpus": args.read_cpus} if args.read_cpus is not None else {}))
     warm_rows = max(int(samples * args.warmup), args.batch_size)

@@ -57,6 +57,10 @@ DEFAULT_CONCURRENCY = 2
 DEFAULT_READ_BIN_BYTES = 8 * 1024**2  # Parquet bytes per read task
 TARGET_BLOCK_BYTES = 16 * 1024**2  # decoded bytes per block
 MAX_UNIT_BLOCKS = 4096  # read units (row groups) are grouped into at most this many blocks
+# rows ParquetUnitDecoder reads and decodes per step: every step's output becomes Arrow columns in
+# the actor, so bigger steps cost less per row (jobs/bench_data.py: images +5-10 % at 256 vs 32);
+# a step never spans row groups, so an actor still holds one row group at most
+DEFAULT_UNIT_BATCH_ROWS = 256
 WDS_META = ("__key__", "__url__")
 
 
@@ -218,13 +222,13 @@ class ParquetUnitDecoder(SampleProcessor):
 
     The Ray pipeline's decode actors run this: reading in the actor that decodes (rather than
     in separate ``read_parquet`` tasks) keeps the encoded bytes out of the object store and
-    needs no extra worker processes; ``batch_size`` rows at a time are read and decoded, so an
-    actor holds one row group at most. Input: a batch of units (``path``, ``row_group``; -1 =
+    needs no extra worker processes; ``batch_size`` rows at a time (never more than one row group)
+    are read and decoded. Input: a batch of units (``path``, ``row_group``; -1 =
     the whole shard); output: wire-row batches, yielded as they are decoded.
     """
 
     def __init__(self, spec: MediaSpec | dict, tokenizer, shard_names: Sequence[str],
-                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_BATCH_SIZE):
+                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_UNIT_BATCH_ROWS):
         super().__init__(spec, tokenizer, shard_names, max_consecutive_failures)
         self.batch_size = int(batch_size)
 
@@ -310,16 +314,19 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
                   batch_size: int = DEFAULT_BATCH_SIZE, concurrency: int | tuple[int, int] = DEFAULT_CONCURRENCY,
                   num_cpus: float = 1.0, runtime_env: dict | None = None,
                   override_num_blocks: int | None = None, read_num_cpus: float = 0.25,
-                  read_bin_bytes: int = DEFAULT_READ_BIN_BYTES, read_in_decoder: bool = True):
+                  read_bin_bytes: int = DEFAULT_READ_BIN_BYTES, read_in_decoder: bool = True,
+                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS):
     """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
 
     ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
-    URI. ``batch_size``/``concurrency``/``num_cpus``: of the decode actors (``map_batches``).
+    URI. ``concurrency``/``num_cpus``: of the decode actors; ``batch_size``: their rows per decode
+    call on the ``read_parquet``/WebDataset paths.
     ``runtime_env``: for the read and decode tasks; default passes the driver's AWS_* variables.
     ``read_in_decoder`` (Parquet only, default True): the decode actors read their row groups
-    themselves (``ParquetUnitDecoder``); False uses ``ray.data.read_parquet`` tasks, which ship
-    the encoded bytes to the actors through the object store (slower on small machines:
+    themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step); False uses
+    ``ray.data.read_parquet`` tasks, which ship the encoded bytes to the actors through the
+    object store (slower on small machines:
     ``jobs/bench_data.py --ray-read``). WebDataset tars always use ``read_webdataset``.
     ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``: of those read tasks. When the
     decode actors would take every CPU of the cluster (which leaves the file-listing and read
@@ -352,7 +359,7 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         dataset = ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS))
         return dataset.map_batches(
             ParquetUnitDecoder,
-            fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures, batch_size),
+            fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures, unit_batch_rows),
             batch_size=1, batch_format="numpy", compute=_actor_pool(concurrency),
             num_cpus=num_cpus, runtime_env=runtime_env)
     first = paths[0]
