@@ -512,26 +512,17 @@ class MemorySampler(threading.Thread):
 
 
 def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int) -> tuple[int, float]:
-    """One process: read each shard from S3 with pyarrow, decode with SampleProcessor."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    from multimodal.data import schema
-    from multimodal.data.pipeline import SampleProcessor, resolve_shards
+    """One process: read each shard from S3 with pyarrow, decode into dense contract batches with
+    ``SampleProcessor.dense`` (``process_rows``: model-ready, like the Ray side's consumer)."""
+    from multimodal.data.pipeline import SampleProcessor, iter_shard_batches, resolve_shards
 
     start = time.perf_counter()
     _, names, paths = resolve_shards(uri)
     proc = SampleProcessor(spec, tok_json, names, torch_threads=1)
-    columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
     rows = 0
     for path in paths:
-        filesystem, inner = fs.filesystem_for(path)
-        with filesystem.open_input_file(inner) as handle:
-            for batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size, columns=columns):
-                data = {k: np.asarray(batch.column(k).to_pylist(), dtype=object) for k in batch.schema.names}
-                data["path"] = np.asarray([inner] * batch.num_rows, dtype=object)
-                out = proc(data)
-                rows += int(out["sample_valid"].sum())
+        for data in iter_shard_batches(path, batch_size):
+            rows += int(proc.dense(data)["sample_valid"].sum())
     return rows, time.perf_counter() - start
 
 

@@ -205,6 +205,10 @@ class SampleProcessor:
             out[modality] = dense
         return out
 
+    def dense(self, batch: dict) -> dict[str, np.ndarray]:
+        """A batch of shard rows → a dense contract batch (``process_rows`` on its rows)."""
+        return self.process_rows(self._rows_from_batch(batch))
+
     def __call__(self, batch: dict) -> dict[str, np.ndarray]:
         """A batch of shard rows → wire rows (``data/wire.py``): what the Ray pipeline ships."""
         out, media = self._decode(self._rows_from_batch(batch), COMPACT_DECODERS)
@@ -238,19 +242,25 @@ class ParquetUnitDecoder(SampleProcessor):
 
     def decode_unit(self, uri: str, row_group: int = -1) -> Iterator[dict[str, np.ndarray]]:
         """Wire-row batches of one row group (or of the whole shard when ``row_group`` < 0)."""
-        import pyarrow.parquet as pq
+        for data in iter_shard_batches(uri, self.batch_size, row_group):
+            yield SampleProcessor.__call__(self, data)
 
-        filesystem, inner = fs.filesystem_for(uri)
-        with filesystem.open_input_file(inner) as handle:
-            parquet = pq.ParquetFile(handle)
-            columns = [c for c in PARQUET_READ_COLUMNS if c in parquet.schema_arrow.names]
-            groups = [row_group] if row_group >= 0 else None
-            for record_batch in parquet.iter_batches(batch_size=self.batch_size, row_groups=groups,
-                                                     columns=columns):
-                data = {name: np.asarray(record_batch.column(name).to_pylist(), dtype=object)
-                        for name in record_batch.schema.names}
-                data["path"] = np.full(record_batch.num_rows, inner, dtype=object)
-                yield SampleProcessor.__call__(self, data)
+
+def iter_shard_batches(uri: str, batch_size: int, row_group: int = -1) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of raw shard rows (the columns ``SampleProcessor`` reads, plus ``path``) from one
+    Parquet shard, local or S3: one row group, or the whole shard when ``row_group`` < 0."""
+    import pyarrow.parquet as pq
+
+    filesystem, inner = fs.filesystem_for(uri)
+    with filesystem.open_input_file(inner) as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = [c for c in PARQUET_READ_COLUMNS if c in parquet.schema_arrow.names]
+        groups = [row_group] if row_group >= 0 else None
+        for record_batch in parquet.iter_batches(batch_size=batch_size, row_groups=groups, columns=columns):
+            data = {name: np.asarray(record_batch.column(name).to_pylist(), dtype=object)
+                    for name in record_batch.schema.names}
+            data["path"] = np.full(record_batch.num_rows, inner, dtype=object)
+            yield data
 
 
 def read_units(uri: str, shards: Sequence[str] | None = None) -> tuple[list[str], list[dict]]:
@@ -374,7 +384,7 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", bin_bytes)
     remote = {"runtime_env": runtime_env}
     if kind == "parquet":
-        columns = [c for c in schema.SHARD_COLUMNS if not c.endswith("_ext") and c != "id"]
+        columns = list(PARQUET_READ_COLUMNS)
         dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True,
                                         override_num_blocks=override_num_blocks, num_cpus=read_num_cpus,
                                         **remote)
@@ -399,6 +409,7 @@ def _actor_pool(concurrency: int | tuple[int, int]):
     return ray.data.ActorPoolStrategy(size=concurrency)
 
 
-__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "DatasetBrokenError",
+__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "iter_shard_batches",
+           "DatasetBrokenError",
            "resolve_shards",
            "output_columns", "EXTRA_COLUMNS", "wds_sample_id"]

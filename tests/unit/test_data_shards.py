@@ -184,7 +184,7 @@ def test_sample_processor_without_ray(media, tmp_path):
     assert [len(v) for v in wire["image"]] == [3 * 32 * 32, 0, 0, 3 * 32 * 32, 0, 0, 0]
     assert len(wire["video"][2]) == 4 * 3 * 32 * 32 and len(wire["audio"][1]) == SPEC.audio_n_mels * SPEC.audio_frames * 4
     result = wire_to_dense(wire, SPEC)
-    dense = processor.process_rows(processor._rows_from_batch(batch))
+    dense = processor.dense(batch)
     for key, value in dense.items():  # the two paths give the same contract batch
         np.testing.assert_array_equal(result[key], value, err_msg=key)
     assert result["image"].shape == (7, 3, 32, 32) and result["video"].shape == (7, 4, 3, 32, 32)
