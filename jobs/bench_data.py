@@ -1,12 +1,13 @@
 """Data pipeline benchmark: samples/s per modality, Ray Data pipeline vs a single-process loop.
 
-Both sides read the *same* Parquet shards from S3 and run the *same* decode code
-(``multimodal.data.pipeline.SampleProcessor``: Pillow / soundfile+torchaudio / PyAV + tokenizer,
-torch intra-op threads = 1 on both sides, so the comparison is per core), and both end with
-model-ready batches (dense float32, normalised pixels):
+Both sides read the *same* Parquet shards from S3 and run the *same* code
+(``multimodal.data.pipeline.ParquetUnitDecoder``: pyarrow reads, Pillow / soundfile+torchaudio /
+PyAV + tokenizer, then ``loader.training_collate`` + ``loader.model_batch``; torch intra-op
+threads = 1 on both sides, so the comparison is per core), and both end with model-ready batches
+(dense float32, normalised pixels):
 
-- baseline: one Python process reads each shard with pyarrow from S3 and calls
-  ``SampleProcessor.process_rows`` batch after batch; timed end to end (S3 reads included);
+- baseline: one Python process runs that code row group after row group, with no Ray and no
+  object store in between; timed end to end (S3 reads included);
 - Ray: ``build_dataset(...)`` with ``--concurrency`` decode actors, consumed on the driver with
   ``loader.iter_training_batches`` (wire rows densified and normalised, as a trainer gets them).
   The clock starts after a warm-up (the first ``--warmup`` fraction of the rows), so Ray
@@ -88,12 +89,12 @@ def parse_args(argv=None):
                         help="read the Parquet shards with ray.data.read_parquet tasks instead of in the "
                              "decode actors (build_dataset(read_in_decoder=False))")
     parser.add_argument("--decode-batch", type=int, default=None,
-                        help="rows the decode actors read and decode per step "
+                        help="rows the decode actors (and the baseline) read and decode per step "
                              "(build_dataset(unit_batch_rows=...), default 256)")
     parser.add_argument("--read-cpus", type=float, default=None,
                         help="num_cpus per Parquet read task (default: build_dataset's)")
     parser.add_argument("--batch-size", type=int, default=32,
-                        help="rows per decode batch, per baseline batch and per consumed batch (default 32)")
+                        help="rows per training batch on both sides (and per decode batch with --ray-read; default 32)")
     parser.add_argument("--object-store-mb", type=int, default=256,
                         help="object store of the local Ray cluster this script starts (default 256)")
     parser.add_argument("--warmup", type=float, default=0.1,
@@ -511,18 +512,25 @@ class MemorySampler(threading.Thread):
                 "flat": bool(max(pss) - pss[0] < FLAT_SLACK_MB)}
 
 
-def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int) -> tuple[int, float]:
-    """One process: read each shard from S3 with pyarrow, decode into dense contract batches with
-    ``SampleProcessor.dense`` (``process_rows``: model-ready, like the Ray side's consumer)."""
-    from multimodal.data.pipeline import SampleProcessor, iter_shard_batches, resolve_shards
+def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int, decode_rows: int | None = None
+             ) -> tuple[int, float]:
+    """One process running the Ray side's code without Ray: ``ParquetUnitDecoder`` reads and
+    decodes each row group from S3 into wire tables (what the decode actors do), then each
+    ``batch_size`` slice goes through ``training_collate`` + ``model_batch`` (what the consumer
+    does): model-ready batches, the same work, no transport."""
+    from multimodal.data.loader import model_batch, training_collate
+    from multimodal.data.pipeline import DEFAULT_UNIT_BATCH_ROWS, ParquetUnitDecoder, read_units
 
     start = time.perf_counter()
-    _, names, paths = resolve_shards(uri)
-    proc = SampleProcessor(spec, tok_json, names, torch_threads=1)
+    names, units = read_units(uri)
+    decoder = ParquetUnitDecoder(spec, tok_json, names, batch_size=decode_rows or DEFAULT_UNIT_BATCH_ROWS)
+    collate = training_collate(spec)
     rows = 0
-    for path in paths:
-        for data in iter_shard_batches(path, batch_size):
-            rows += int(proc.dense(data)["sample_valid"].sum())
+    for unit in units:
+        for table in decoder.decode_unit(unit["path"], unit["row_group"]):
+            for offset in range(0, table.num_rows, batch_size):
+                _, stats = model_batch(collate(table.slice(offset, batch_size)), spec)
+                rows += stats.valid
     return rows, time.perf_counter() - start
 
 
@@ -555,6 +563,7 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
     first_at = mark_at = None
     mark_rows = 0
     # the consumer makes model-ready batches (dense float32, normalised pixels), as the baseline does
+    # (the baseline runs the same training_collate + model_batch in its own process)
     for batch, stats in iter_training_batches(dataset.iterator(), args.batch_size, spec, device="cpu",
                                               prefetch_batches=2):
         if first_at is None:
@@ -658,7 +667,7 @@ def main(argv=None) -> int:
             if not args.skip_baseline:
                 log(f"{m}: baseline (single process) ...")
                 cpu0 = {"driver": _cpu_seconds(os.getpid()), "s3 server": _cpu_seconds(moto.pid) if moto else 0.0}
-                rows, secs = baseline(uris[m], spec, tok, args.batch_size)
+                rows, secs = baseline(uris[m], spec, tok, args.batch_size, args.decode_batch)
                 r["baseline_cpu_s"] = {"driver": round(_cpu_seconds(os.getpid()) - cpu0["driver"], 1)}
                 if moto is not None:
                     r["baseline_cpu_s"]["s3 server"] = round(_cpu_seconds(moto.pid) - cpu0["s3 server"], 1)

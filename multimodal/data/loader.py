@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from multimodal.batch import MODALITIES, TEXT_KEYS, present_key
-from multimodal.data.wire import WireCollate, normalise_pixels_
+from multimodal.data.wire import WireCollate, fill_absent_, normalise_pixels_
 
 if TYPE_CHECKING:  # pragma: no cover
     from multimodal.config import MediaSpec
@@ -94,6 +94,30 @@ def batch_stats(batch: dict, wait_s: float = 0.0) -> tuple[BatchStats, np.ndarra
     return stats, valid
 
 
+def training_collate(spec: "MediaSpec", keep_ids: bool = False):
+    """The ``WireCollate`` that ``iter_training_batches`` gives Ray: contract keys, the stats
+    columns, and ``sample_id``/``shard_id`` when ``keep_ids``."""
+    keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+    return WireCollate(spec, keys + tuple(k for k in STATS_KEYS if k not in keys))
+
+
+def model_batch(collated: dict, spec: "MediaSpec", keep_ids: bool = False, wait_s: float = 0.0
+                ) -> tuple[dict, BatchStats]:
+    """A collated wire batch (``training_collate``'s output, on its device) → ``(batch, stats)``:
+    invalid rows dropped, absent modalities filled with zeros, pixels normalised."""
+    import torch
+
+    keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+    stats, valid = batch_stats(collated, wait_s)
+    if valid.all():
+        out = {k: collated[k] for k in keys if k in collated}
+    else:  # possibly zero rows: still one batch, so every worker takes the same steps
+        index = torch.from_numpy(np.flatnonzero(valid)).to(collated["input_ids"].device)
+        out = {k: collated[k].index_select(0, index) for k in keys if k in collated}
+    fill_absent_(out, spec)
+    return normalise_pixels_(out), stats
+
+
 def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", device=None,
                           drop_last: bool = False, *, prefetch_batches: int = 1, keep_ids: bool = False
                           ) -> Iterator[tuple[dict, BatchStats]]:
@@ -103,13 +127,9 @@ def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", dev
     tensors (default: Ray's ``"auto"``, i.e. the Train worker's device, CPU outside Train).
     ``keep_ids=True`` also keeps ``sample_id`` and ``shard_id``.
     """
-    import torch
-
-    keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
-    wanted = keys + tuple(k for k in STATS_KEYS if k not in keys)
     kwargs = {"batch_size": batch_size, "drop_last": drop_last, "prefetch_batches": prefetch_batches,
               "device": device if device is not None else "auto",
-              "collate_fn": WireCollate(spec, wanted)}
+              "collate_fn": training_collate(spec, keep_ids)}
     source = iter(data_iterator.iter_torch_batches(**kwargs))
     while True:
         started = time.perf_counter()
@@ -117,13 +137,7 @@ def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", dev
             batch = next(source)
         except StopIteration:
             break
-        stats, valid = batch_stats(batch, time.perf_counter() - started)
-        if valid.all():
-            out = {k: batch[k] for k in keys}
-        else:  # possibly zero rows: still one batch, so every worker takes the same steps
-            index = torch.from_numpy(np.flatnonzero(valid)).to(batch["input_ids"].device)
-            out = {k: batch[k].index_select(0, index) for k in keys}
-        yield normalise_pixels_(out), stats
+        yield model_batch(batch, spec, keep_ids, time.perf_counter() - started)
 
 
 def collate_numpy(rows: Iterable[dict]) -> dict[str, np.ndarray]:
@@ -141,5 +155,5 @@ def to_torch(batch: dict[str, np.ndarray], device=None) -> dict:
     return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
 
 
-__all__ = ["BatchStats", "iter_training_batches", "batch_stats", "collate_numpy", "to_torch",
+__all__ = ["BatchStats", "iter_training_batches", "training_collate", "model_batch", "batch_stats", "collate_numpy", "to_torch",
            "CONTRACT_KEYS"]

@@ -48,7 +48,7 @@ from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
-from multimodal.data.wire import media_shape, pack_media
+from multimodal.data.wire import media_shape, wire_table
 
 EXTRA_COLUMNS: tuple[str, ...] = ("shard_id", "sample_id", "bad_image", "bad_audio", "bad_video",
                                   "sample_valid")
@@ -209,12 +209,11 @@ class SampleProcessor:
         """A batch of shard rows → a dense contract batch (``process_rows`` on its rows)."""
         return self.process_rows(self._rows_from_batch(batch))
 
-    def __call__(self, batch: dict) -> dict[str, np.ndarray]:
-        """A batch of shard rows → wire rows (``data/wire.py``): what the Ray pipeline ships."""
+    def __call__(self, batch: dict):
+        """A batch of shard rows → a ``pyarrow.Table`` of wire rows (``data/wire.py``): what the
+        Ray pipeline ships."""
         out, media = self._decode(self._rows_from_batch(batch), COMPACT_DECODERS)
-        for modality in MODALITIES:
-            out[modality] = pack_media(media[modality], modality)
-        return out
+        return wire_table(out, media)
 
 
 PARQUET_READ_COLUMNS: tuple[str, ...] = tuple(c for c in schema.SHARD_COLUMNS
@@ -236,12 +235,12 @@ class ParquetUnitDecoder(SampleProcessor):
         super().__init__(spec, tokenizer, shard_names, max_consecutive_failures)
         self.batch_size = int(batch_size)
 
-    def __call__(self, units: dict) -> Iterator[dict[str, np.ndarray]]:
+    def __call__(self, units: dict) -> Iterator:
         for path, row_group in zip(units["path"], units["row_group"]):
             yield from self.decode_unit(str(path), int(row_group))
 
-    def decode_unit(self, uri: str, row_group: int = -1) -> Iterator[dict[str, np.ndarray]]:
-        """Wire-row batches of one row group (or of the whole shard when ``row_group`` < 0)."""
+    def decode_unit(self, uri: str, row_group: int = -1) -> Iterator:
+        """Wire-row tables of one row group (or of the whole shard when ``row_group`` < 0)."""
         for data in iter_shard_batches(uri, self.batch_size, row_group):
             yield SampleProcessor.__call__(self, data)
 

@@ -15,10 +15,15 @@ each modality as **one binary value**, empty when the sample does not have it:
 Text keys and the ``<m>_present`` masks are ordinary fixed-shape columns. A video row is ~100 kB
 instead of 480 kB, an image row 14 kB instead of 480 kB.
 
-``WireCollate(spec)`` (a Ray ``NumpyBatchCollateFn`` for ``iter_torch_batches``; it runs in Ray's
-prefetch threads) turns a wire batch into dense torch tensors, zero-filled where a modality is
-absent, pixels still uint8. ``normalise_pixels_(batch)`` converts pixels to float32 after the
-host-to-device copy, so a GPU receives a quarter of the bytes and does the arithmetic itself.
+The decode stage builds each media column with ``media_array``: one contiguous Arrow binary
+array (a single buffer plus offsets; no Python ``bytes`` per row). ``WireCollate(spec, keys)`` (a
+Ray ``ArrowBatchCollateFn`` for ``iter_torch_batches``; it runs in Ray's prefetch threads) reads
+those buffers directly and copies them once into dense torch tensors, pixels still uint8; a
+modality that no row of the batch has is **left out** (nothing is allocated or copied to the
+device for it). ``fill_absent_`` then adds it as zeros on the device (on CPU a read-only
+zero-stride view, which costs nothing), and ``normalise_pixels_`` converts pixels to float32
+after the host-to-device copy, so a GPU receives a quarter of the bytes and does the arithmetic
+itself.
 """
 
 from __future__ import annotations
@@ -42,8 +47,40 @@ def media_shape(spec: MediaSpec, modality: str) -> tuple[int, ...]:
     return batch_shapes(spec, 1)[modality][1:]
 
 
+def media_array(arrays: Sequence[np.ndarray | None], modality: str):
+    """One wire column as an Arrow ``binary`` array over one contiguous buffer (empty where None)."""
+    import pyarrow as pa
+
+    dtype = WIRE_DTYPES[modality]
+    offsets = np.zeros(len(arrays) + 1, np.int64)
+    parts = []
+    for i, array in enumerate(arrays):
+        if array is not None:
+            parts.append(np.ascontiguousarray(array, dtype=dtype).reshape(-1).view(np.uint8))
+            offsets[i + 1] = parts[-1].size
+    np.cumsum(offsets, out=offsets)
+    if offsets[-1] > np.iinfo(np.int32).max:
+        raise ValueError(f"{modality}: {offsets[-1]} bytes in one batch is over Arrow's 2 GiB binary "
+                         "limit; decode fewer rows per step (unit_batch_rows / batch_size)")
+    data = np.concatenate(parts) if parts else np.zeros(0, np.uint8)
+    return pa.Array.from_buffers(pa.binary(), len(arrays),
+                                 [None, pa.py_buffer(offsets.astype(np.int32)), pa.py_buffer(data)])
+
+
+def wire_table(columns: dict[str, np.ndarray], media: dict[str, Sequence[np.ndarray | None]]):
+    """A wire batch as a ``pyarrow.Table``: ``columns`` (numpy, converted as Ray Data converts
+    them: n-d arrays become its tensor columns) plus one ``media_array`` per modality."""
+    from ray.data.block import BlockAccessor
+
+    table = BlockAccessor.batch_to_block(columns)
+    for modality in MODALITIES:
+        table = table.append_column(modality, media_array(media[modality], modality))
+    return table
+
+
 def pack_media(arrays: Sequence[np.ndarray | None], modality: str) -> np.ndarray:
-    """One wire column: an object array of ``bytes`` (``b""`` where the array is None)."""
+    """One wire column as an object array of ``bytes`` (``b""`` where the array is None), for
+    building wire rows by hand (e.g. ``ray.data.from_items``)."""
     dtype = WIRE_DTYPES[modality]
     column = np.empty(len(arrays), dtype=object)
     for i, array in enumerate(arrays):
@@ -51,15 +88,68 @@ def pack_media(arrays: Sequence[np.ndarray | None], modality: str) -> np.ndarray
     return column
 
 
-def unpack_media(column: Sequence, spec: MediaSpec, modality: str) -> np.ndarray:
-    """A wire column → ``[B, *shape]`` array of the wire dtype, zeros where the value is empty."""
+def _size_error(modality: str, size: int, shape, dtype, expected: int) -> ValueError:
+    return ValueError(f"{modality} value of {size} bytes in a wire row; the spec "
+                      f"{shape} {np.dtype(dtype).name} needs {expected} (mismatched MediaSpec?)")
+
+
+def _binary_chunks(column) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(offsets, data)`` numpy views of each chunk of an Arrow binary array; null = empty."""
+    import pyarrow as pa
+
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    views = []
+    for chunk in chunks:
+        if chunk.null_count:  # rare: rebuild so that a null is an empty value
+            chunk = pa.array([b"" if v is None else v for v in chunk.to_pylist()], pa.binary())
+        offset_type = np.int64 if pa.types.is_large_binary(chunk.type) else np.int32
+        _, offsets, data = chunk.buffers()
+        offsets = np.frombuffer(offsets, offset_type)[chunk.offset:chunk.offset + len(chunk) + 1]
+        views.append((offsets, np.frombuffer(data, np.uint8) if data is not None else np.zeros(0, np.uint8)))
+    return views
+
+
+def unpack_arrow_media(column, spec: MediaSpec, modality: str) -> np.ndarray | None:
+    """An Arrow binary wire column → writable ``[B, *shape]`` array of the wire dtype, zeros where
+    the value is empty; ``None`` when no row has a value. One copy, straight from Arrow's buffers."""
     shape, dtype = media_shape(spec, modality), WIRE_DTYPES[modality]
+    expected = math.prod(shape) * np.dtype(dtype).itemsize
+    chunks = _binary_chunks(column)
+    sizes = [np.diff(offsets) for offsets, _ in chunks]
+    wrong = [size for s in sizes for size in s[(s != 0) & (s != expected)][:1]]
+    if wrong:
+        raise _size_error(modality, int(wrong[0]), shape, dtype, expected)
+    present = sum(int(np.count_nonzero(s)) for s in sizes)
+    total = sum(len(s) for s in sizes)
+    if not present:
+        return None
+    out = (np.empty if present == total else np.zeros)((total, *shape), dtype)
+    row = 0
+    for (offsets, data), size in zip(chunks, sizes):
+        # absent rows are empty, so the present rows' bytes are contiguous and in order
+        values = data[offsets[0]:offsets[-1]].view(dtype).reshape(-1, *shape)
+        if len(values) == len(size):
+            out[row:row + len(size)] = values
+        elif len(values):
+            out[row + np.flatnonzero(size)] = values
+        row += len(size)
+    return out
+
+
+def unpack_media(column: Sequence, spec: MediaSpec, modality: str) -> np.ndarray:
+    """A wire column (Arrow binary, or a sequence of ``bytes``) → ``[B, *shape]`` array of the
+    wire dtype, zeros where the value is empty."""
+    import pyarrow as pa
+
+    shape, dtype = media_shape(spec, modality), WIRE_DTYPES[modality]
+    if isinstance(column, (pa.Array, pa.ChunkedArray)):
+        dense = unpack_arrow_media(column, spec, modality)
+        return np.zeros((len(column), *shape), dtype) if dense is None else dense
     expected = math.prod(shape) * np.dtype(dtype).itemsize
     sizes = [0 if value is None else len(value) for value in column]
     wrong = [size for size in sizes if size not in (0, expected)]
     if wrong:
-        raise ValueError(f"{modality} value of {wrong[0]} bytes in a wire row; the spec "
-                         f"{shape} {np.dtype(dtype).name} needs {expected} (mismatched MediaSpec?)")
+        raise _size_error(modality, wrong[0], shape, dtype, expected)
     if sizes and all(sizes):  # every row has it: one join, one copy
         return np.frombuffer(b"".join(column), dtype=dtype).reshape(len(sizes), *shape)
     out = np.zeros((len(sizes), *shape), dtype=dtype)
@@ -69,12 +159,25 @@ def unpack_media(column: Sequence, spec: MediaSpec, modality: str) -> np.ndarray
     return out
 
 
-def _zeros(shape, device):
+def absent_zeros(shape: Sequence[int], device=None):
+    """float32 zeros of ``shape`` for a modality no row of a batch has: on CPU a zero-stride view
+    of one element (no memory, no memset; writing into it raises), elsewhere ``torch.zeros``."""
     import torch
 
-    if device.type == "cpu":  # calloc'd pages: free until something reads them
-        return torch.from_numpy(np.zeros(tuple(shape), dtype=np.float32))
-    return torch.zeros(shape, dtype=torch.float32, device=device)
+    device = torch.device(device or "cpu")
+    if device.type == "cpu":
+        return torch.zeros((), dtype=torch.float32).expand(*shape)
+    return torch.zeros(tuple(shape), dtype=torch.float32, device=device)
+
+
+def fill_absent_(batch: dict, spec: MediaSpec) -> dict:
+    """In place: add each modality missing from ``batch`` (``WireCollate`` leaves out those no
+    row has) as ``absent_zeros`` on the device of ``batch["input_ids"]``."""
+    rows, device = batch["input_ids"].shape[0], batch["input_ids"].device
+    for modality in MODALITIES:
+        if modality not in batch:
+            batch[modality] = absent_zeros((rows, *media_shape(spec, modality)), device)
+    return batch
 
 
 def normalise_pixels_(batch: dict) -> dict:
@@ -88,7 +191,7 @@ def normalise_pixels_(batch: dict) -> dict:
             continue
         present = batch.get(present_key(modality))
         if present is not None and not bool(present.any()):  # nothing to convert
-            batch[modality] = _zeros(value.shape, value.device)
+            batch[modality] = absent_zeros(value.shape, value.device)
             continue
         # the float32 arithmetic of decode.normalise_pixels
         pixels = value.to(torch.float32).mul_(PIXEL_SCALE).sub_(PIXEL_OFFSET)
@@ -99,53 +202,80 @@ def normalise_pixels_(batch: dict) -> dict:
     return batch
 
 
-def wire_to_dense(batch: dict, spec: MediaSpec) -> dict[str, np.ndarray]:
-    """A numpy wire batch → the numpy dense contract batch (float32, normalised pixels)."""
+def _as_numpy_batch(batch) -> dict:
+    """A wire batch given as a ``pyarrow.Table`` or a dict → dict (media columns left as they are)."""
+    import pyarrow as pa
+
+    if not isinstance(batch, pa.Table):
+        return dict(batch)
+    from ray.data.block import BlockAccessor
+
+    other = [c for c in batch.column_names if c not in MODALITIES]
+    out = BlockAccessor.for_block(batch.select(other)).to_batch_format("numpy")
+    out.update({m: batch.column(m) for m in MODALITIES if m in batch.column_names})
+    return out
+
+
+def wire_to_dense(batch, spec: MediaSpec) -> dict[str, np.ndarray]:
+    """A wire batch (``pyarrow.Table`` or numpy dict) → the numpy dense contract batch (float32,
+    normalised pixels)."""
     from multimodal.data.decode import normalise_pixels
 
-    out = dict(batch)
+    out = _as_numpy_batch(batch)
     for modality in MODALITIES:
-        dense = unpack_media(batch[modality], spec, modality)
+        column = out[modality]
+        dense = unpack_media(column, spec, modality)
         if modality in PIXEL_MODALITIES:
-            absent = np.array([value is None or len(value) == 0 for value in batch[modality]], dtype=bool)
+            if present_key(modality) in out:
+                absent = ~np.asarray(out[present_key(modality)], dtype=bool)
+            else:
+                values = column.to_pylist() if hasattr(column, "to_pylist") else column
+                absent = np.array([v is None or len(v) == 0 for v in values], dtype=bool)
             dense = normalise_pixels(dense)
             dense[absent] = 0.0
-        out[modality] = dense
+        out[modality] = dense.astype(np.float32, copy=False)
     return out
 
 
 @functools.cache
 def _collate_class():
-    from ray.data.collate_fn import NumpyBatchCollateFn
+    from ray.data.collate_fn import ArrowBatchCollateFn
 
-    class _WireCollate(NumpyBatchCollateFn):
-        """Wire batch (numpy) → dict of CPU torch tensors; media dense, pixels uint8."""
+    class _WireCollate(ArrowBatchCollateFn):
+        """Wire batch (``pyarrow.Table``) → dict of CPU torch tensors; media dense, pixels uint8,
+        modalities that no row has left out."""
 
         def __init__(self, spec: MediaSpec, keys: Sequence[str]):
             self.spec = spec
             self.keys = tuple(keys)
 
-        def __call__(self, batch: dict[str, np.ndarray]) -> dict:
+        def __call__(self, batch) -> dict:
             import torch
+            from ray.data.block import BlockAccessor
 
+            names = set(batch.column_names)
+            other = [k for k in self.keys if k not in MODALITIES and k in names]
+            columns = BlockAccessor.for_block(batch.select(other)).to_batch_format("numpy") if other else {}
             out = {}
             for key in self.keys:
                 if key in MODALITIES:
-                    # writable copy: frombuffer views of Arrow memory are read-only
-                    dense = unpack_media(batch[key], self.spec, key)
-                    out[key] = torch.from_numpy(dense if dense.flags.writeable else dense.copy())
-                elif key in batch:
+                    dense = unpack_arrow_media(batch.column(key), self.spec, key) if key in names else None
+                    if dense is not None:
+                        out[key] = torch.from_numpy(dense)
+                elif key in columns:
                     # Arrow-backed arrays are read-only; torch wants writable memory
-                    out[key] = torch.from_numpy(np.array(batch[key], copy=True))
+                    out[key] = torch.from_numpy(np.array(columns[key], copy=True))
             return out
 
     return _WireCollate
 
 
 def WireCollate(spec: MediaSpec, keys: Sequence[str]):  # noqa: N802 - a class factory
-    """A ``NumpyBatchCollateFn`` for ``iter_torch_batches`` that densifies ``keys`` of wire rows."""
+    """An ``ArrowBatchCollateFn`` for ``iter_torch_batches`` that densifies ``keys`` of wire rows
+    (media modalities that no row of the batch has are left out: see ``fill_absent_``)."""
     return _collate_class()(spec, keys)
 
 
-__all__ = ["WIRE_DTYPES", "media_shape", "pack_media", "unpack_media", "normalise_pixels_",
-           "wire_to_dense", "WireCollate"]
+__all__ = ["WIRE_DTYPES", "media_shape", "media_array", "wire_table", "pack_media", "unpack_media",
+           "unpack_arrow_media", "absent_zeros", "fill_absent_", "normalise_pixels_", "wire_to_dense",
+           "WireCollate"]

@@ -181,8 +181,9 @@ def test_sample_processor_without_ray(media, tmp_path):
     tok = train_tokenizer(["a red circle", "notes", "everything"] * 5, 300)
     processor = SampleProcessor(SPEC, tok, names)
     wire = processor(batch)  # what the Ray pipeline ships: media as bytes, empty when absent
-    assert [len(v) for v in wire["image"]] == [3 * 32 * 32, 0, 0, 3 * 32 * 32, 0, 0, 0]
-    assert len(wire["video"][2]) == 4 * 3 * 32 * 32 and len(wire["audio"][1]) == SPEC.audio_n_mels * SPEC.audio_frames * 4
+    sizes = {m: [len(v) for v in wire.column(m).to_pylist()] for m in ("image", "audio", "video")}
+    assert sizes["image"] == [3 * 32 * 32, 0, 0, 3 * 32 * 32, 0, 0, 0]
+    assert sizes["video"][2] == 4 * 3 * 32 * 32 and sizes["audio"][1] == SPEC.audio_n_mels * SPEC.audio_frames * 4
     result = wire_to_dense(wire, SPEC)
     dense = processor.dense(batch)
     for key, value in dense.items():  # the two paths give the same contract batch
@@ -218,10 +219,10 @@ def test_row_group_units_cover_every_row_once(media, tmp_path):
     seen = []
     for unit in units:
         for wire in decoder.decode_unit(unit["path"], unit["row_group"]):
-            assert len(wire["sample_id"]) <= 4
-            seen += list(zip(wire["shard_id"].tolist(), wire["sample_id"].tolist()))
+            assert wire.num_rows <= 4
+            seen += list(zip(wire.column("shard_id").to_pylist(), wire.column("sample_id").to_pylist()))
     assert sorted(i for _, i in seen) == list(range(summary.rows))
-    whole = [i for w in decoder.decode_unit(units[0]["path"], -1) for i in w["sample_id"].tolist()]
+    whole = [i for w in decoder.decode_unit(units[0]["path"], -1) for i in w.column("sample_id").to_pylist()]
     assert len(whole) == summary.shards[0]["rows"]  # -1 = the whole shard (summaries without row_groups)
     _, subset = read_units(str(out), shards=[names[-1]])
     assert {u["path"] for u in subset} == {str(out / names[-1])}

@@ -9,8 +9,11 @@ import torch
 from multimodal.batch import MODALITIES, batch_shapes, present_key
 from multimodal.config import preset
 from multimodal.data.decode import normalise_pixels
-from multimodal.data.wire import (WIRE_DTYPES, WireCollate, media_shape, normalise_pixels_, pack_media,
-                                  unpack_media, wire_to_dense)
+import pyarrow as pa
+
+from multimodal.data.wire import (WIRE_DTYPES, WireCollate, absent_zeros, fill_absent_, media_array,
+                                  media_shape, normalise_pixels_, pack_media, unpack_arrow_media,
+                                  unpack_media, wire_table, wire_to_dense)
 
 SPEC = preset("tiny").media
 
@@ -61,21 +64,68 @@ def test_normalise_on_torch_matches_numpy_and_zeroes_absent_rows():
     assert again["image"] is batch["image"]
 
 
+def test_arrow_media_column_is_one_buffer_and_unpacks_through_slices_and_chunks():
+    rng = np.random.default_rng(3)
+    for modality in MODALITIES:
+        arrays = [_random_media(modality, rng) if i % 3 else None for i in range(7)]
+        column = media_array(arrays, modality)
+        assert column.type == pa.binary() and column.to_pylist()[0] == b""
+        assert len(column.buffers()[2]) == sum(a.nbytes for a in arrays if a is not None)
+        expected = unpack_media(pack_media(arrays, modality), SPEC, modality)
+        np.testing.assert_array_equal(unpack_media(column, SPEC, modality), expected)
+        # a slice (non-zero offset) and a two-chunk column, as Ray's batching hands them over
+        np.testing.assert_array_equal(unpack_arrow_media(column.slice(2, 4), SPEC, modality), expected[2:6])
+        chunked = pa.chunked_array([column.slice(0, 3), column.slice(3)])
+        np.testing.assert_array_equal(unpack_arrow_media(chunked, SPEC, modality), expected)
+        present = [a for a in arrays if a is not None]
+        full = unpack_arrow_media(media_array(present, modality), SPEC, modality)
+        assert full.flags.writeable
+        np.testing.assert_array_equal(full, np.stack(present))
+        assert unpack_arrow_media(media_array([None, None], modality), SPEC, modality) is None
+        assert unpack_media(media_array([None, None], modality), SPEC, modality).shape == (2, *media_shape(SPEC, modality))
+    nulls = pa.array([None, b"", None], pa.binary())  # nulls count as absent
+    assert unpack_arrow_media(nulls, SPEC, "image") is None
+    with pytest.raises(ValueError, match="image value of 5 bytes"):
+        unpack_arrow_media(pa.array([b"", b"12345"]), SPEC, "image")
+
+
+def test_absent_zeros_cost_nothing_and_cannot_be_written():
+    zeros = absent_zeros((8, *media_shape(SPEC, "video")))
+    assert zeros.shape == (8, *media_shape(SPEC, "video")) and zeros.dtype == torch.float32
+    assert not zeros.any() and set(zeros.stride()) == {0}  # one element, no memory per row
+    with pytest.raises(RuntimeError):
+        zeros.add_(1.0)
+    batch = {"input_ids": torch.zeros((3, SPEC.max_text_tokens), dtype=torch.int64),
+             "image": torch.ones((3, *media_shape(SPEC, "image")))}
+    fill_absent_(batch, SPEC)
+    assert batch["image"].eq(1).all() and batch["audio"].shape == (3, *media_shape(SPEC, "audio"))
+    assert batch["video"].shape == (3, *media_shape(SPEC, "video")) and not batch["video"].any()
+    # what the encoders do with it: flatten frames, convolve
+    conv = torch.nn.Conv2d(3, 4, 4, stride=4)
+    assert conv(batch["video"].flatten(0, 1)).shape[0] == 3 * SPEC.video_frames
+
+
 def test_collate_gives_dense_tensors_that_normalise_to_the_dense_path():
     rng = np.random.default_rng(2)
     media = {m: [_random_media(m, rng) if (i + k) % 2 else None for i in range(4)]
              for k, m in enumerate(MODALITIES)}
-    wire = {m: pack_media(media[m], m) for m in MODALITIES}
-    for m in MODALITIES:
-        wire[present_key(m)] = np.array([a is not None for a in media[m]])
-    wire["input_ids"] = np.arange(4 * SPEC.max_text_tokens).reshape(4, -1)
+    media["video"] = [None] * 4  # a modality no row has: left out by the collate
+    columns = {present_key(m): np.array([a is not None for a in media[m]]) for m in MODALITIES}
+    columns["input_ids"] = np.arange(4 * SPEC.max_text_tokens).reshape(4, -1)
+    table = wire_table(columns, media)
+    assert [table.schema.field(m).type for m in MODALITIES] == [pa.binary()] * 3
     keys = ("input_ids", *MODALITIES, *(present_key(m) for m in MODALITIES))
-    out = WireCollate(SPEC, keys)(wire)
-    assert set(out) == set(keys) and all(isinstance(v, torch.Tensor) for v in out.values())
+    out = WireCollate(SPEC, keys)(table)
+    assert set(out) == set(keys) - {"video"} and all(isinstance(v, torch.Tensor) for v in out.values())
     assert out["image"].dtype == torch.uint8 and out["audio"].dtype == torch.float32
     out["image"][0] = 7  # writable, not a view of read-only Arrow memory
-    out = WireCollate(SPEC, keys)(wire)
-    normalise_pixels_(out)
-    dense = wire_to_dense(wire, SPEC)
+    out = WireCollate(SPEC, keys)(table.slice(1, 3))  # Ray hands over slices of blocks
+    assert out["input_ids"].shape[0] == 3
+    out = WireCollate(SPEC, keys)(table)
+    normalise_pixels_(fill_absent_(out, SPEC))
+    dense = wire_to_dense(table, SPEC)
     for key in keys:
         np.testing.assert_array_equal(out[key].numpy(), dense[key], err_msg=key)
+    numpy_wire = {**columns, **{m: pack_media(media[m], m) for m in MODALITIES}}
+    for key, value in wire_to_dense(numpy_wire, SPEC).items():  # numpy wire rows: the same batch
+        np.testing.assert_array_equal(value, dense[key], err_msg=key)
