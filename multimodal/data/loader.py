@@ -9,6 +9,11 @@ keys of ``multimodal/batch.py`` as dense torch tensors on the device, pixels nor
 ones included). Every pipeline batch yields exactly one training batch, so data-parallel workers
 that read the same number of rows take the same number of steps; when every row of a batch is
 dropped, that batch has **zero rows** (check ``batch["input_ids"].shape[0]`` before a forward pass).
+
+The per-batch work is two public steps, so a loop without Ray can run exactly the same code
+(``jobs/bench_data.py``'s baseline does): ``training_collate(spec)`` (Arrow wire batch → CPU
+tensors; Ray runs it in its prefetch threads) and ``model_batch`` (on the device: drop invalid
+rows, fill modalities no row has with zeros, normalise pixels).
 """
 
 from __future__ import annotations
