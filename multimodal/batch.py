@@ -52,14 +52,18 @@ def batch_shapes(spec: "MediaSpec", batch_size: int) -> dict[str, tuple[int, ...
     return shapes
 
 
+def empty_text(spec: "MediaSpec", batch_size: int) -> dict[str, np.ndarray]:
+    """The text keys of ``batch_size`` padding samples: all ``PAD_ID``, no attention, labels ignored."""
+    shape = (batch_size, spec.max_text_tokens)
+    return {"input_ids": np.full(shape, PAD_ID, dtype=np.int64),
+            "attention_mask": np.zeros(shape, dtype=np.int64),
+            "labels": np.full(shape, IGNORE_INDEX, dtype=np.int64)}
+
+
 def empty_batch(spec: "MediaSpec", batch_size: int) -> dict[str, np.ndarray]:
     """A batch of text-only padding samples: every modality absent, every label ignored."""
     shapes = batch_shapes(spec, batch_size)
-    batch: dict[str, np.ndarray] = {
-        "input_ids": np.full(shapes["input_ids"], PAD_ID, dtype=np.int64),
-        "attention_mask": np.zeros(shapes["attention_mask"], dtype=np.int64),
-        "labels": np.full(shapes["labels"], IGNORE_INDEX, dtype=np.int64),
-    }
+    batch = empty_text(spec, batch_size)
     for modality in MODALITIES:
         batch[modality] = np.zeros(shapes[modality], dtype=np.float32)
         batch[present_key(modality)] = np.zeros(shapes[present_key(modality)], dtype=bool)

@@ -99,10 +99,15 @@ def batch_stats(batch: dict, wait_s: float = 0.0) -> tuple[BatchStats, np.ndarra
     return stats, valid
 
 
+def _batch_keys(keep_ids: bool) -> tuple[str, ...]:
+    """The keys of a training batch: the contract, plus ``sample_id``/``shard_id`` when ``keep_ids``."""
+    return CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+
+
 def training_collate(spec: "MediaSpec", keep_ids: bool = False):
-    """The ``WireCollate`` that ``iter_training_batches`` gives Ray: contract keys, the stats
-    columns, and ``sample_id``/``shard_id`` when ``keep_ids``."""
-    keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+    """The ``WireCollate`` that ``iter_training_batches`` gives Ray: the batch keys plus the
+    stats columns."""
+    keys = _batch_keys(keep_ids)
     return WireCollate(spec, keys + tuple(k for k in STATS_KEYS if k not in keys))
 
 
@@ -112,7 +117,7 @@ def model_batch(collated: dict, spec: "MediaSpec", keep_ids: bool = False, wait_
     invalid rows dropped, absent modalities filled with zeros, pixels normalised."""
     import torch
 
-    keys = CONTRACT_KEYS + (("sample_id", "shard_id") if keep_ids else ())
+    keys = _batch_keys(keep_ids)
     stats, valid = batch_stats(collated, wait_s)
     if valid.all():
         out = {k: collated[k] for k in keys if k in collated}

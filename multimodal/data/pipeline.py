@@ -42,7 +42,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from multimodal import fs
-from multimodal.batch import IGNORE_INDEX, MODALITIES, PAD_ID, present_key
+from multimodal.batch import MODALITIES, empty_text, present_key
 from multimodal.config import MediaSpec
 from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
@@ -160,11 +160,8 @@ class SampleProcessor:
     def _decode(self, rows: list[dict], decoders: dict) -> tuple[dict[str, np.ndarray], dict[str, list]]:
         """Text/mask/extra columns and, per modality, the decoded arrays (None where absent/bad)."""
         n, length = len(rows), self.spec.max_text_tokens
-        out = {"input_ids": np.full((n, length), PAD_ID, np.int64),
-               "attention_mask": np.zeros((n, length), np.int64),
-               "labels": np.full((n, length), IGNORE_INDEX, np.int64),
-               "shard_id": np.zeros(n, np.int64), "sample_id": np.zeros(n, np.int64),
-               "sample_valid": np.zeros(n, bool)}
+        out = {**empty_text(self.spec, n), "shard_id": np.zeros(n, np.int64),
+               "sample_id": np.zeros(n, np.int64), "sample_valid": np.zeros(n, bool)}
         media: dict[str, list] = {m: [None] * n for m in MODALITIES}
         for modality in MODALITIES:
             out[f"bad_{modality}"] = np.zeros(n, bool)

@@ -88,11 +88,6 @@ def pack_media(arrays: Sequence[np.ndarray | None], modality: str) -> np.ndarray
     return column
 
 
-def _size_error(modality: str, size: int, shape, dtype, expected: int) -> ValueError:
-    return ValueError(f"{modality} value of {size} bytes in a wire row; the spec "
-                      f"{shape} {np.dtype(dtype).name} needs {expected} (mismatched MediaSpec?)")
-
-
 def _binary_chunks(column) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(offsets, data)`` numpy views of each chunk of an Arrow binary array; null = empty."""
     import pyarrow as pa
@@ -118,7 +113,8 @@ def unpack_arrow_media(column, spec: MediaSpec, modality: str) -> np.ndarray | N
     sizes = [np.diff(offsets) for offsets, _ in chunks]
     wrong = [size for s in sizes for size in s[(s != 0) & (s != expected)][:1]]
     if wrong:
-        raise _size_error(modality, int(wrong[0]), shape, dtype, expected)
+        raise ValueError(f"{modality} value of {int(wrong[0])} bytes in a wire row; the spec "
+                         f"{shape} {np.dtype(dtype).name} needs {expected} (mismatched MediaSpec?)")
     present = sum(int(np.count_nonzero(s)) for s in sizes)
     total = sum(len(s) for s in sizes)
     if not present:
@@ -137,26 +133,16 @@ def unpack_arrow_media(column, spec: MediaSpec, modality: str) -> np.ndarray | N
 
 
 def unpack_media(column: Sequence, spec: MediaSpec, modality: str) -> np.ndarray:
-    """A wire column (Arrow binary, or a sequence of ``bytes``) → ``[B, *shape]`` array of the
-    wire dtype, zeros where the value is empty."""
+    """A wire column (Arrow binary, or a sequence of ``bytes``/None) → ``[B, *shape]`` array of
+    the wire dtype, zeros where the value is empty."""
     import pyarrow as pa
 
-    shape, dtype = media_shape(spec, modality), WIRE_DTYPES[modality]
-    if isinstance(column, (pa.Array, pa.ChunkedArray)):
-        dense = unpack_arrow_media(column, spec, modality)
-        return np.zeros((len(column), *shape), dtype) if dense is None else dense
-    expected = math.prod(shape) * np.dtype(dtype).itemsize
-    sizes = [0 if value is None else len(value) for value in column]
-    wrong = [size for size in sizes if size not in (0, expected)]
-    if wrong:
-        raise _size_error(modality, wrong[0], shape, dtype, expected)
-    if sizes and all(sizes):  # every row has it: one join, one copy
-        return np.frombuffer(b"".join(column), dtype=dtype).reshape(len(sizes), *shape)
-    out = np.zeros((len(sizes), *shape), dtype=dtype)
-    for i, value in enumerate(column):
-        if sizes[i]:
-            out[i] = np.frombuffer(value, dtype=dtype).reshape(shape)
-    return out
+    if not isinstance(column, (pa.Array, pa.ChunkedArray)):
+        column = pa.array(list(column), pa.binary())
+    dense = unpack_arrow_media(column, spec, modality)
+    if dense is None:
+        return np.zeros((len(column), *media_shape(spec, modality)), WIRE_DTYPES[modality])
+    return dense
 
 
 def absent_zeros(shape: Sequence[int], device=None):
@@ -202,16 +188,21 @@ def normalise_pixels_(batch: dict) -> dict:
     return batch
 
 
+def _numpy_columns(table, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """``names`` (non-media columns) of a wire ``pyarrow.Table`` as numpy, the way Ray Data
+    converts them (its tensor columns become n-d arrays)."""
+    from ray.data.block import BlockAccessor
+
+    return BlockAccessor.for_block(table.select(list(names))).to_batch_format("numpy") if names else {}
+
+
 def _as_numpy_batch(batch) -> dict:
     """A wire batch given as a ``pyarrow.Table`` or a dict → dict (media columns left as they are)."""
     import pyarrow as pa
 
     if not isinstance(batch, pa.Table):
         return dict(batch)
-    from ray.data.block import BlockAccessor
-
-    other = [c for c in batch.column_names if c not in MODALITIES]
-    out = BlockAccessor.for_block(batch.select(other)).to_batch_format("numpy")
+    out = _numpy_columns(batch, [c for c in batch.column_names if c not in MODALITIES])
     out.update({m: batch.column(m) for m in MODALITIES if m in batch.column_names})
     return out
 
@@ -251,11 +242,9 @@ def _collate_class():
 
         def __call__(self, batch) -> dict:
             import torch
-            from ray.data.block import BlockAccessor
 
             names = set(batch.column_names)
-            other = [k for k in self.keys if k not in MODALITIES and k in names]
-            columns = BlockAccessor.for_block(batch.select(other)).to_batch_format("numpy") if other else {}
+            columns = _numpy_columns(batch, [k for k in self.keys if k not in MODALITIES and k in names])
             out = {}
             for key in self.keys:
                 if key in MODALITIES:
