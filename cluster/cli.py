@@ -8,6 +8,7 @@ import shlex
 import sys
 
 from cluster import local
+from cluster.fake_nodes import FakeNodeType
 
 
 def _log(message: str) -> None:
@@ -36,6 +37,14 @@ def _parser() -> argparse.ArgumentParser:
     p_up.add_argument("--num-gpus", type=int, default=None)
     p_up.add_argument("--object-store-memory", type=int, default=None, help="bytes")
     p_up.add_argument("--bucket", default=local.DEFAULT_BUCKET)
+    p_up.add_argument("--autoscale-nodes", type=int, default=None, metavar="N",
+                      help="let Ray's autoscaler start up to N worker nodes on this machine when work "
+                           "is pending (Ray's fake multi-node provider); the head then gets 0 CPUs "
+                           "unless --num-cpus is given")
+    p_up.add_argument("--node-cpus", type=int, default=1,
+                      help="logical CPUs of each autoscaled worker node (default 1)")
+    p_up.add_argument("--idle-timeout-minutes", type=float, default=1.0,
+                      help="the autoscaler removes a worker node idle this long (default 1)")
     p_up.add_argument("--dry-run", action="store_true",
                       help="print the commands `up` would run and exit")
 
@@ -59,6 +68,14 @@ def main(argv: list[str] | None = None) -> int:
                           object_store_memory=args.object_store_memory, bucket=args.bucket,
                           gcs_port=args.gcs_port, metrics_port=args.metrics_port,
                           home=args.home)
+            if args.autoscale_nodes is not None:
+                if args.autoscale_nodes < 1 or args.node_cpus <= 0:
+                    print("slm-cluster up: --autoscale-nodes must be >= 1 and --node-cpus > 0",
+                          file=sys.stderr)
+                    return 2
+                kwargs.update(autoscale=FakeNodeType(resources={"CPU": args.node_cpus},
+                                                     max_workers=args.autoscale_nodes),
+                              idle_timeout_minutes=args.idle_timeout_minutes)
             if args.dry_run:
                 warning = local.host_warning(args.host)
                 if warning:

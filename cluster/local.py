@@ -46,6 +46,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from cluster.fake_nodes import FAKE_CLUSTER_ENV, FakeNodeType, autoscaling_config, write_autoscaling_config
+
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_DASHBOARD_PORT = 8265
@@ -116,6 +118,7 @@ class ClusterState:
     started_at: float = 0.0
     autoscaler_metric_port: int = 0
     dashboard_metric_port: int = 0
+    autoscaling_config: str | None = None  # set when worker nodes are started by Ray's autoscaler
 
     @property
     def client_host(self) -> str:
@@ -353,7 +356,7 @@ def _node_env(state_like: dict[str, Any]) -> dict[str, str]:
         "RAY_AUTH_TOKEN_PATH": state_like["token_path"],
         "AWS_ENDPOINT_URL": state_like["s3_endpoint"],
         "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
-        "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY,
+        "AWS_SECRET_ACCESS_KEY": state_like.get("secret_key", TEST_SECRET_KEY),
         "AWS_REGION": TEST_REGION,
         "AWS_DEFAULT_REGION": TEST_REGION,
         "SLM_BUCKET": state_like["bucket"],
@@ -369,6 +372,8 @@ def _node_env(state_like: dict[str, Any]) -> dict[str, str]:
     })
     env.pop("AWS_SESSION_TOKEN", None)
     env.pop("AWS_PROFILE", None)
+    if state_like.get("autoscaling_config"):
+        env.update(FAKE_CLUSTER_ENV)  # worker raylets inherit this environment from the monitor
     if state_like["host"] in LOOPBACK_HOSTS:
         env.update(LOOPBACK_RAY_ENV)
     return env
@@ -379,10 +384,18 @@ def plan(
     s3_port: int = DEFAULT_S3_PORT, num_cpus: int | None = None, num_gpus: int | None = None,
     object_store_memory: int | None = None, bucket: str = DEFAULT_BUCKET,
     gcs_port: int | None = None, metrics_port: int | None = None,
-    home: str | os.PathLike | None = None,
+    home: str | os.PathLike | None = None, autoscale: FakeNodeType | None = None,
+    idle_timeout_minutes: float = 1.0, secret_key: str = TEST_SECRET_KEY,
 ) -> dict[str, Any]:
-    """The commands and ports ``up`` would use (no side effects besides picking free ports)."""
+    """The commands and ports ``up`` would use (no side effects besides picking free ports).
+
+    With ``autoscale``, Ray's autoscaler starts and stops worker nodes of that type on this
+    machine (:mod:`cluster.fake_nodes`); ``num_cpus`` is then the head's (0 = no work on the head).
+    ``secret_key`` is the S3 secret the nodes get (any value works with the local moto server).
+    """
     home_path = cluster_home(home)
+    if autoscale is not None and num_cpus is None:
+        num_cpus = 0  # the head only coordinates; work goes to the autoscaled nodes
     bind = "127.0.0.1" if host == "localhost" else host
     node_ip = "127.0.0.1" if bind in LOOPBACK_HOSTS else bind
     p: dict[str, Any] = {
@@ -404,7 +417,14 @@ def plan(
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
         "object_store_memory": object_store_memory,
+        "secret_key": secret_key,
+        "autoscaling_config": None,
     }
+    if autoscale is not None:
+        p["autoscaling_config"] = str(home_path / "autoscaling.yaml")
+        p["autoscaling"] = autoscaling_config(
+            f"{node_ip}:{p['gcs_port']}", {"CPU": num_cpus or 0, "GPU": num_gpus or 0}, [autoscale],
+            idle_timeout_minutes=idle_timeout_minutes)
     client_host = "127.0.0.1" if bind in ("0.0.0.0", "::") else bind
     p["s3_endpoint"] = f"http://{client_host}:{s3_port}"
     ray_cmd = [
@@ -425,6 +445,8 @@ def plan(
         ray_cmd.append(f"--num-gpus={num_gpus}")
     if object_store_memory is not None:
         ray_cmd.append(f"--object-store-memory={object_store_memory}")
+    if p["autoscaling_config"]:
+        ray_cmd.append(f"--autoscaling-config={p['autoscaling_config']}")
     p["ray_cmd"] = ray_cmd
     p["moto_cmd"] = [sys.executable, "-m", "moto.server", "-H", bind, "-p", str(s3_port)]
     return p
@@ -436,6 +458,8 @@ def up(
     object_store_memory: int | None = None, bucket: str = DEFAULT_BUCKET,
     gcs_port: int | None = None, metrics_port: int | None = None,
     home: str | os.PathLike | None = None, log: Callable[[str], None] = print,
+    autoscale: FakeNodeType | None = None, idle_timeout_minutes: float = 1.0,
+    secret_key: str = TEST_SECRET_KEY,
 ) -> ClusterState:
     """Start the Ray head and the S3 server; return the recorded state.
 
@@ -456,7 +480,8 @@ def up(
         log(warning)
     p = plan(host=host, dashboard_port=dashboard_port, s3_port=s3_port, num_cpus=num_cpus,
              num_gpus=num_gpus, object_store_memory=object_store_memory, bucket=bucket,
-             gcs_port=gcs_port, metrics_port=metrics_port, home=home)
+             gcs_port=gcs_port, metrics_port=metrics_port, home=home, autoscale=autoscale,
+             idle_timeout_minutes=idle_timeout_minutes, secret_key=secret_key)
     for name in ("dashboard_port", "s3_port", "gcs_port", "metrics_port"):
         if port_in_use(p[name], p["host"]):
             raise ClusterError(f"{name.replace('_', ' ')} {p[name]} is already in use; "
@@ -466,6 +491,8 @@ def up(
     token_path = Path(p["token_path"])
     token_path.write_text(secrets.token_hex(32))  # same format as `ray get-auth-token --generate`
     token_path.chmod(0o600)
+    if p["autoscaling_config"]:
+        write_autoscaling_config(Path(p["autoscaling_config"]), p["autoscaling"])
 
     moto_log = open(home_path / "moto.log", "ab")
     moto = subprocess.Popen(p["moto_cmd"], stdout=moto_log, stderr=subprocess.STDOUT,
@@ -481,6 +508,7 @@ def up(
         token_path=p["token_path"], bucket=bucket, ray_session_id=0, ray_pids=[],
         moto_pid=moto.pid, moto_cmdline=p["moto_cmd"], num_cpus=num_cpus, num_gpus=num_gpus,
         object_store_memory=object_store_memory, started_at=time.time(),
+        autoscaling_config=p["autoscaling_config"],
     )
     _save_state(state)  # from here on, `down` can clean up a half-started cluster
     try:

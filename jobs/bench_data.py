@@ -549,7 +549,7 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
     sampler.start()
     start = time.perf_counter()
     blocks = args.read_blocks if args.read_blocks is not None else shard_count(uri)
-    env = dict(fs.aws_env_vars())
+    env = dict(fs.aws_public_env_vars())
     if args.read_bin_mb:
         env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
     dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
@@ -625,7 +625,7 @@ def main(argv=None) -> int:
             log(f"{m}: {counts[m]} rows, {files - 1} shards, {nbytes / 1e6:.1f} MB uploaded to {uris[m]}")
 
         cpus = store_mb = 0
-        job_env = dict(fs.aws_env_vars())
+        job_env = dict(fs.aws_public_env_vars())
         if args.read_bin_mb:  # read on the driver (planning) and in the listing/read tasks
             os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
             job_env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)

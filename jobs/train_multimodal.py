@@ -36,7 +36,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", help="model preset: tiny or slm-63m (default slm-63m)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 2)")
     parser.add_argument("--use-gpu", action="store_true", default=None, help="one GPU per worker (NCCL, bf16)")
-    parser.add_argument("--cpus-per-worker", type=float, help="CPUs reserved per worker (default 1; 0.5 on small machines)")
+    parser.add_argument("--cpus-per-worker", type=float,
+                        help="CPUs reserved per worker (default: sized to the cluster, 1 where it fits)")
+    parser.add_argument("--placement-strategy", choices=["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"],
+                        help="how Ray Train places workers on nodes (default PACK; STRICT_SPREAD: one per node)")
+    parser.add_argument("--scale-timeout", type=float, metavar="SECONDS",
+                        help="on an autoscaling cluster, how long to wait for the nodes the job needs "
+                             "(default 600; a GPU node on AWS takes 3-6 minutes)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="run the preflight (data, storage, cluster capacity) and print the plan; "
+                             "start no nodes and no training")
     parser.add_argument("--storage-path", help="where runs live: s3://bucket/prefix or a local folder (default ./runs)")
     parser.add_argument("--name", help="run name; submitting the same name again resumes it")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
@@ -57,6 +66,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "data": ("data", "train"), "val_data": ("data", "val"), "tokenizer": ("data", "tokenizer"),
         "preset": ("model", "preset"), "num_workers": ("run", "num_workers"), "use_gpu": ("run", "use_gpu"),
         "cpus_per_worker": ("run", "cpus_per_worker"), "storage_path": ("run", "storage_path"),
+        "placement_strategy": ("run", "placement_strategy"), "scale_timeout": ("run", "scale_timeout_s"),
         "name": ("run", "name"), "max_failures": ("run", "max_failures"), "max_steps": ("train", "max_steps"),
         "max_train_minutes": ("train", "max_train_minutes"), "epochs": ("train", "num_epochs"),
         "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(job.model_dump(mode="json"), indent=1))
             return 0
-        result = run(job)
+        result = run(job, dry_run=args.dry_run)
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

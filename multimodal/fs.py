@@ -3,8 +3,9 @@
 The S3 endpoint and credentials come only from the standard AWS environment
 (``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
 ``AWS_SESSION_TOKEN``, ``AWS_REGION`` / ``AWS_DEFAULT_REGION``), so the same code talks to AWS S3,
-MinIO or the local test server. ``aws_env_vars()`` returns those variables so a Ray job can hand
-them to every worker through its runtime env. Nothing here imports torch or Ray.
+MinIO or the local test server. Only the non-secret ones (``aws_public_env_vars()``: endpoint,
+region) may travel in a Ray runtime env; credentials come from each node's own environment or
+role. Nothing here imports torch or Ray.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-AWS_ENV_PREFIXES = ("AWS_",)
 S3_RETRY_ATTEMPTS = 8
 
 
@@ -103,6 +103,10 @@ def exists(uri: str) -> bool:
     return fs.get_file_info(path).type != pafs.FileType.NotFound
 
 
-def aws_env_vars() -> dict[str, str]:
-    """The AWS_* variables of this process, for a Ray runtime env (never log the values)."""
-    return {k: v for k, v in os.environ.items() if k.startswith(AWS_ENV_PREFIXES)}
+PUBLIC_AWS_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_DEFAULT_REGION")
+
+
+def aws_public_env_vars() -> dict[str, str]:
+    """The non-secret S3 settings (endpoints, region) of this process: all that may travel in a
+    Ray runtime env. Credentials come from each node's environment or role."""
+    return {k: v for k, v in os.environ.items() if k.startswith(PUBLIC_AWS_ENV)}

@@ -59,7 +59,8 @@ class DataSettings(StrictModel):
                                    "here (default: the preset's, 32000 for slm-63m)")
     max_consecutive_failures: int = Field(100, ge=1)
     decode_concurrency: int = Field(1, ge=1, description="Ray Data decode actors")
-    decode_cpus: float = Field(1.0, gt=0, description="logical CPUs per decode actor (0.5 on small machines)")
+    decode_cpus: float | None = Field(None, gt=0, description="logical CPUs per decode actor "
+                                      "(default: sized to the cluster at preflight)")
     cache_decoded: bool = Field(False, description="decode once and keep the decoded rows in Ray's object "
                                 "store for later epochs (small corpora only: ~80 KB per tiny-preset row)")
 
@@ -94,8 +95,13 @@ class RunSettings(StrictModel):
     storage_path: str = Field("./runs", description="local folder or s3://bucket/prefix")
     num_workers: int = Field(2, ge=1)
     use_gpu: bool = False
-    cpus_per_worker: float = Field(1.0, gt=0)
+    cpus_per_worker: float | None = Field(None, gt=0, description="CPUs per Train worker (default: "
+                                          "sized to the cluster at preflight)")
     max_failures: int = Field(3, ge=-1, description="worker-group restarts allowed (-1 = unlimited)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="how Ray Train places its workers on nodes")
+    scale_timeout_s: float = Field(600.0, gt=0, description="on an autoscaling cluster, how long the "
+                                   "preflight waits for the nodes the job needs")
 
 
 class JobConfig(StrictModel):

@@ -73,21 +73,82 @@ def check_writable(uri: str) -> None:
         raise PreflightError(f"storage path {uri} is not writable: {str(exc).splitlines()[0]}") from None
 
 
-def check_cluster(job: JobConfig) -> dict[str, float]:
-    """The cluster must hold the workers asked for, with CPU left for Ray Data's decoders."""
+def _cluster_cpus(capacity) -> float:
+    """The CPUs the job may be sized against: what is up, or the node types at their maximum."""
+    if capacity.autoscaling and capacity.node_types:
+        return sum(t.resources.get("CPU", 0.0) * (t.max_count if t.max_count >= 0 else 1)
+                   for t in capacity.node_types) + capacity.total().get("CPU", 0.0)
+    return capacity.total().get("CPU", 0.0) or 1.0
+
+
+def size_job(job: JobConfig, capacity) -> str | None:
+    """Fill in ``--cpus-per-worker`` / ``data.decode_cpus`` when not given; returns what was chosen."""
+    from multimodal.capacity import default_cpus
+
+    if job.run.cpus_per_worker is not None and job.data.decode_cpus is not None:
+        return None
+    share = default_cpus(_cluster_cpus(capacity), job.run.num_workers, job.data.decode_concurrency,
+                         job.run.use_gpu)
+    if job.run.cpus_per_worker is None:
+        job.run.cpus_per_worker = share
+    if job.data.decode_cpus is None:
+        job.data.decode_cpus = share
+    return (f"sized for this cluster: {job.run.num_workers} workers x {job.run.cpus_per_worker:g} CPU, "
+            f"{job.data.decode_concurrency} decode actor(s) x {job.data.decode_cpus:g} CPU "
+            f"(--cpus-per-worker and --set data.decode_cpus=N choose them)")
+
+
+def check_cluster(job: JobConfig, dry_run: bool = False) -> dict[str, Any]:
+    """The job must fit the cluster (as it is, or as the autoscaler can grow it); on an
+    autoscaling cluster, ask for the nodes and wait for them (``--scale-timeout``)."""
+    from multimodal import capacity as cap
+
+    capacity = cap.discover()
+    sized = size_job(job, capacity)
+    if sized:
+        print(sized, flush=True)
+    worker = {"CPU": job.run.cpus_per_worker, **({"GPU": 1.0} if job.run.use_gpu else {})}
+    try:
+        plan = cap.plan(capacity, worker, job.run.num_workers, {"CPU": job.data.decode_cpus},
+                        job.data.decode_concurrency)
+    except cap.CapacityError as exc:
+        raise PreflightError(str(exc)) from None
+    summary = {"autoscaling": capacity.autoscaling, "source": capacity.source,
+               "resources_up": capacity.total(), "nodes_up": len(capacity.nodes),
+               "node_types": None if capacity.node_types is None else
+               {t.name: {"resources": t.resources, "max": t.max_count} for t in capacity.node_types},
+               "bundles": plan.bundles(), "nodes_to_start": plan.new_nodes}
+    if dry_run or not capacity.autoscaling or (capacity.node_types is not None and not plan.new_nodes):
+        return summary
+    try:
+        summary["scale_wait_s"] = round(cap.wait_for_nodes(plan, job.run.scale_timeout_s,
+                                                           say=lambda m: print(m, flush=True)), 1)
+    except cap.CapacityError as exc:
+        cap.release()
+        raise PreflightError(str(exc)) from None
+    summary["requested"] = True
+    return summary
+
+
+def check_cluster_reads(uri: str) -> None:
+    """A Ray task (not this driver) reads the data's summary: the nodes need S3 access of their own,
+    because credentials never travel in Ray's runtime env."""
     import ray
 
-    resources = ray.cluster_resources()
-    cpus, gpus = resources.get("CPU", 0.0), resources.get("GPU", 0.0)
-    need_cpus = job.run.num_workers * job.run.cpus_per_worker
-    if job.run.use_gpu and gpus < job.run.num_workers:
-        raise PreflightError(f"--use-gpu with {job.run.num_workers} workers needs {job.run.num_workers} GPUs; "
-                             f"the cluster has {gpus:g}. Lower --num-workers or add GPU nodes")
-    if cpus < need_cpus + job.data.decode_cpus:
-        raise PreflightError(f"{job.run.num_workers} workers x {job.run.cpus_per_worker:g} CPU leave no CPU for "
-                             f"data decoding on a cluster with {cpus:g} CPUs; lower --num-workers or "
-                             f"--cpus-per-worker (e.g. 0.5)")
-    return {"CPU": cpus, "GPU": gpus}
+    @ray.remote(num_cpus=0, max_retries=0)
+    def probe(target: str) -> None:
+        from multimodal.data.schema import read_summary
+
+        read_summary(target)
+
+    try:
+        ray.get(probe.remote(uri), timeout=120)
+    except Exception as exc:
+        cause = str(getattr(exc, "cause", None) or exc).strip().splitlines()
+        raise PreflightError(f"Ray's nodes cannot read {uri}: {cause[-1] if cause else exc}; give the "
+                             f"nodes S3 credentials in their own environment or role (slm-cluster up "
+                             f"does; on AWS an instance profile, on Kubernetes IRSA): they are never sent "
+                             f"through Ray's runtime env") from None
 
 
 def storage_estimate(data: TrainData) -> dict[str, Any]:
@@ -163,7 +224,9 @@ def total_steps(job: JobConfig, data: TrainData) -> int:
 
 
 def _ray_init() -> None:
-    """Connect to (or start) Ray, handing the AWS_* settings to every worker."""
+    """Connect to (or start) Ray. Only the non-secret S3 settings (endpoint, region) travel in
+    the runtime env: Ray writes runtime envs to its logs and shows them on the dashboard, so
+    credentials must come from each node's own environment or role."""
     import ray
 
     if ray.is_initialized():
@@ -172,20 +235,16 @@ def _ray_init() -> None:
     injected = os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR")
     if injected:
         job_env = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
-    env_vars = {k: v for k, v in fs.aws_env_vars().items() if k not in job_env}
+    env_vars = {k: v for k, v in fs.aws_public_env_vars().items() if k not in job_env}
     env_vars.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
     ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
 
 
 # --- the run -----------------------------------------------------------------------------
-def run(job: JobConfig) -> dict[str, Any]:
-    """Preflight, train with Ray Train, export, and return (and store) the result."""
-    import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
+def run(job: JobConfig, dry_run: bool = False) -> dict[str, Any]:
+    """Preflight, train with Ray Train, export, and return (and store) the result.
 
-    from multimodal.training import TRAIN, TRAIN_RESUME, VAL, train_loop_per_worker
-
+    ``dry_run`` stops after the preflight and returns its plan (nothing is started)."""
     if not job.data.train:
         raise ConfigError("config error: data.train: no training data; pass --data s3://bucket/prefix")
     started = time.time()
@@ -194,18 +253,38 @@ def run(job: JobConfig) -> dict[str, Any]:
     val_data = describe_data(job.data.val, "validation") if job.data.val else None
     check_writable(run)
     _ray_init()
-    resources = check_cluster(job)
+    if fs.is_s3(train_data.uri):
+        check_cluster_reads(train_data.uri)
+    cluster = check_cluster(job, dry_run=dry_run)
     estimate = storage_estimate(train_data)
     print(f"preflight: {train_data.rows} samples in {len(train_data.shard_names)} shards "
-          f"({train_data.bytes / 1e6:.1f} MB) at {train_data.uri}; cluster {resources}; "
+          f"({train_data.bytes / 1e6:.1f} MB) at {train_data.uri}; cluster {json.dumps(cluster)}; "
           f"storage estimate {json.dumps(estimate)}", flush=True)
+    if dry_run:
+        return {"dry_run": True, "name": job.run.name, "run_uri": run, "cluster": cluster,
+                "steps": total_steps(job, train_data), "cpus_per_worker": job.run.cpus_per_worker,
+                "decode_cpus": job.data.decode_cpus, "data": {"train": train_data.uri, "rows": train_data.rows}}
+    try:
+        return _train(job, run, train_data, val_data, started)
+    finally:
+        if cluster.get("requested"):
+            from multimodal.capacity import release
 
+            release()
+
+
+def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData | None,
+           started: float) -> dict[str, Any]:
+    """Tokenizer, datasets, ``TorchTrainer.fit()``, result: the part after the preflight."""
     from ray.data import DataContext
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from multimodal.data.tokenizer import load_tokenizer
+    from multimodal.training import TRAIN, TRAIN_RESUME, VAL, train_loop_per_worker
 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
     tokenizer_uri = prepare_tokenizer(job, run)
-    from multimodal.data.tokenizer import load_tokenizer
-
     model_cfg = job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
     resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
     fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
@@ -229,6 +308,7 @@ def run(job: JobConfig) -> dict[str, Any]:
                    "run_uri": run, "shard_rows": train_data.shard_rows, "total_steps": steps,
                    "tokenizer_uri": tokenizer_uri, "datasets": sorted(datasets)}
     scaling = ScalingConfig(num_workers=job.run.num_workers, use_gpu=job.run.use_gpu,
+                            placement_strategy=job.run.placement_strategy,
                             resources_per_worker={"CPU": job.run.cpus_per_worker,
                                                   **({"GPU": 1} if job.run.use_gpu else {})})
     checkpoints = (CheckpointConfig(num_to_keep=job.train.keep_checkpoints, checkpoint_score_attribute="val_loss",
@@ -241,7 +321,7 @@ def run(job: JobConfig) -> dict[str, Any]:
         run_config=RunConfig(name=job.run.name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=job.run.max_failures),
                              checkpoint_config=checkpoints,
-                             worker_runtime_env={"env_vars": {**fs.aws_env_vars(),
+                             worker_runtime_env={"env_vars": {**fs.aws_public_env_vars(),
                                                               "RAY_CHDIR_TO_TRIAL_DIR": "0"}}),
     )
     outcome = trainer.fit()

@@ -57,6 +57,14 @@ class _Distributed:
         dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor.tolist()
 
+    def gather(self, value: str) -> list[str]:
+        """Every worker's ``value``, in rank order."""
+        if not self.active:
+            return [value]
+        values: list[str] = [""] * dist.get_world_size()
+        dist.all_gather_object(values, value)
+        return values
+
 
 class _Counts:
     """Per-worker counters since the last sync; summed over workers into the TrainerState."""
@@ -153,7 +161,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     torch.manual_seed(train.seed + rank)
     # one intra-op thread per reserved CPU: oversubscribed threads make small models several
     # times slower (measured in jobs/bench_model.py), and Ray Data decodes on the same cores
-    torch.set_num_threads(max(1, int(job.run.cpus_per_worker)))
+    torch.set_num_threads(max(1, int(job.run.cpus_per_worker or 1)))
 
     # --- model and optimizer --------------------------------------------------------------
     model = MultimodalSLM(model_cfg).to(device)
@@ -346,6 +354,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         checkpoint_now(validate(), {"tokens_per_second": tokens_per_s})
 
     # --- export ---------------------------------------------------------------------------
+    import ray
+
+    nodes = comm.gather(ray.get_runtime_context().get_node_id())  # a collective: every rank joins
     if rank != 0:
         return None
     model_uri = fs.join(run_uri, "model")
@@ -376,4 +387,5 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         },
         "model_uri": model_uri,
         "world_size": world,
+        "nodes": sorted(set(nodes)),
     }

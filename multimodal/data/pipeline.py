@@ -357,7 +357,7 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     context.target_max_block_size = min(context.target_max_block_size or TARGET_BLOCK_BYTES, TARGET_BLOCK_BYTES)
     tok = as_tokenizer(tokenizer).to_str()
     if runtime_env is None:
-        runtime_env = {"env_vars": fs.aws_env_vars() if fs.is_s3(paths[0]) else {}}
+        runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
         # one block (= one actor task) per unit, so the actors share even a small dataset; capped

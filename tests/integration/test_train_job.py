@@ -55,6 +55,7 @@ def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards, 
 
     assert result["steps"] == 12
     assert result["world_size"] == 2
+    assert len(result["nodes"]) == 1  # both workers on the session cluster's one node
     assert result["last_train_loss"] < result["first_train_loss"]
     assert result["best_val_loss"] is not None
     # 60 rows split over 2 workers: 30 each per epoch, in batches of 4,4,4,4,4,4,4,2 (8 steps);
@@ -171,11 +172,31 @@ def test_more_workers_than_the_cluster_holds_fails_fast(ray_cluster, demo_shards
     from multimodal.launch import PreflightError, run
 
     bucket, uris = demo_shards
-    for overrides, message in (({"num_workers": 16}, "leave no CPU for data decoding"),
-                               ({"use_gpu": True}, "needs 2 GPUs; the cluster has 0")):
+    for overrides, message in (({"num_workers": 16}, r"cannot hold them \(4 CPU up, fixed size\)"),
+                               ({"use_gpu": True}, "a Train worker needs 0.5 CPU, 1 GPU, more than any node")):
         job = job_config(bucket, uris, "too-big")
         job.run = job.run.model_copy(update=overrides)
         started = time.monotonic()
         with pytest.raises(PreflightError, match=message):
             run(job)
         assert time.monotonic() - started < 30
+
+
+def test_dry_run_sizes_the_job_and_trains_nothing(ray_cluster, demo_shards):
+    """No --cpus-per-worker: the preflight sizes workers and decoders to the 4-CPU test cluster,
+    prints the plan and returns without training."""
+    from multimodal.launch import run
+
+    bucket, uris = demo_shards
+    job = job_config(bucket, uris, "dry-run")
+    job.run = job.run.model_copy(update={"cpus_per_worker": None})
+    job.data = job.data.model_copy(update={"decode_cpus": None})
+    result = run(job, dry_run=True)
+    assert result["dry_run"] is True
+    assert result["cpus_per_worker"] == 1.0 and result["decode_cpus"] == 1.0  # 2 + 1 fit in 4 CPUs
+    cluster = result["cluster"]
+    assert cluster["autoscaling"] is False and cluster["source"] == "fixed size"
+    assert cluster["bundles"] == [{"CPU": 1.0}] * 3
+    from multimodal import fs
+
+    assert not fs.exists(f"{result['run_uri']}/config.json")  # nothing was started or written
