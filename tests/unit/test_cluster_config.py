@@ -221,3 +221,72 @@ def test_up_dry_run_loopback_plan(tmp_path, capsys):
     assert "--node-ip-address=127.0.0.1" in captured.out
     temp_dir = local.ray_temp_dir(tmp_path.resolve())
     assert f"--temp-dir={temp_dir}" in captured.out and len(temp_dir) < 30
+
+
+# ------------------------------------------------------------------ scale-out shape (issue: multi-node)
+
+def test_ray_config_worker_types_and_least_privilege_profile(ray_config):
+    import json
+
+    types = ray_config["available_node_types"]
+    head = ray_config["head_node_type"]
+    assert types[head]["resources"].get("CPU", 1) == 0  # no training work on the head
+    workers = {name: spec for name, spec in types.items() if name != head}
+    gpu = [n for n, s in workers.items() if s["resources"].get("GPU", 0) >= 1]
+    cpu = [n for n, s in workers.items() if not s["resources"].get("GPU") and s["resources"].get("CPU", 0) >= 1]
+    assert gpu and cpu  # Ray Train on GPU nodes, Ray Data decoding on CPU nodes
+    for spec in workers.values():
+        assert spec["min_workers"] == 0 and spec["max_workers"] >= 1
+        assert spec["node_config"]["IamInstanceProfile"]["Name"] == "slm-worker"
+    assert sum(s["max_workers"] for s in workers.values()) >= ray_config["max_workers"] > 0
+    assert 0 < ray_config["idle_timeout_minutes"] <= 30
+    policy = json.loads((ROOT / "cluster" / "iam" / "slm-worker-policy.json").read_text())
+    actions = {a for st in policy["Statement"] for a in ([st["Action"]] if isinstance(st["Action"], str)
+                                                         else st["Action"])}
+    assert all(a.startswith("s3:") and "*" not in a for a in actions)
+    writes = [st for st in policy["Statement"] if "s3:PutObject" in st["Action"]]
+    assert writes and all(r.endswith("/runs/*") for st in writes for r in [st["Resource"]])
+    reads = {st["Resource"] for st in policy["Statement"] if st["Action"] == "s3:GetObject"}
+    assert any(r.endswith("/shards/*") for r in reads)
+
+
+def _cluster_specs() -> list[dict]:
+    job = next(d for d in _docs("rayjob.yaml") if d["kind"] == "RayJob")
+    (cluster,) = _docs("raycluster.yaml")
+    return [job["spec"]["rayClusterSpec"], cluster["spec"]]
+
+
+def test_kuberay_autoscales_a_gpu_and_a_cpu_group_from_zero():
+    for spec in _cluster_specs():
+        assert spec["enableInTreeAutoscaling"] is True
+        assert spec["autoscalerOptions"]["version"] == "v2"  # node groups readable by the preflight
+        groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+        limits = {name: g["template"]["spec"]["containers"][0]["resources"]["limits"] for name, g in groups.items()}
+        gpu = [n for n, lim in limits.items() if int(lim.get("nvidia.com/gpu", 0)) >= 1]
+        cpu = [n for n, lim in limits.items() if "nvidia.com/gpu" not in lim]
+        assert gpu and cpu
+        for group in groups.values():
+            assert group["minReplicas"] == 0 and group["replicas"] == 0 and group["maxReplicas"] >= 1
+
+
+def test_kuberay_manifests_pass_the_kubernetes_schema():
+    """Built-in kinds (ServiceAccount) and every Ray pod template (as a v1 PodTemplate) are checked
+    by kubernetes-validate against Kubernetes' own OpenAPI schema, strictly (unknown fields fail).
+    The RayJob/RayCluster fields around them are checked by the tests above: no package on the
+    registries ships KubeRay's CRD schema."""
+    import kubernetes_validate
+
+    version = "1.33"
+    for doc in _docs("rayjob.yaml") + _docs("raycluster.yaml"):
+        if doc["apiVersion"] == "v1":
+            kubernetes_validate.validate(doc, version, strict=True)
+    for spec in _cluster_specs():
+        groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+        for group in groups:
+            pod_template = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "ray-pod"},
+                            "template": group["template"]}
+            kubernetes_validate.validate(pod_template, version, strict=True)
+    broken = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": "x"},
+              "template": {"spec": {"containers": [{"name": "c", "image": "i", "resource": {}}]}}}
+    with pytest.raises(kubernetes_validate.ValidationError):  # the check does catch a typo
+        kubernetes_validate.validate(broken, version, strict=True)
