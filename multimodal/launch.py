@@ -241,10 +241,12 @@ def _ray_init() -> None:
 
 
 # --- the run -----------------------------------------------------------------------------
-def run(job: JobConfig, dry_run: bool = False) -> dict[str, Any]:
+def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict[str, Any]:
     """Preflight, train with Ray Train, export, and return (and store) the result.
 
-    ``dry_run`` stops after the preflight and returns its plan (nothing is started)."""
+    ``dry_run`` stops after the preflight and returns its plan (nothing is started).
+    ``local_mode`` runs the training loop in this process (Ray Train's ``num_workers=0``: no
+    Train controller or worker actors; Ray Data still feeds it): ``jobs/bench_train.py``'s baseline."""
     if not job.data.train:
         raise ConfigError("config error: data.train: no training data; pass --data s3://bucket/prefix")
     started = time.time()
@@ -265,7 +267,7 @@ def run(job: JobConfig, dry_run: bool = False) -> dict[str, Any]:
                 "steps": total_steps(job, train_data), "cpus_per_worker": job.run.cpus_per_worker,
                 "decode_cpus": job.data.decode_cpus, "data": {"train": train_data.uri, "rows": train_data.rows}}
     try:
-        return _train(job, run, train_data, val_data, started)
+        return _train(job, run, train_data, val_data, started, local_mode)
     finally:
         if cluster.get("requested"):
             from multimodal.capacity import release
@@ -274,7 +276,7 @@ def run(job: JobConfig, dry_run: bool = False) -> dict[str, Any]:
 
 
 def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData | None,
-           started: float) -> dict[str, Any]:
+           started: float, local_mode: bool = False) -> dict[str, Any]:
     """Tokenizer, datasets, ``TorchTrainer.fit()``, result: the part after the preflight."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -307,7 +309,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     loop_config = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
                    "run_uri": run, "shard_rows": train_data.shard_rows, "total_steps": steps,
                    "tokenizer_uri": tokenizer_uri, "datasets": sorted(datasets)}
-    scaling = ScalingConfig(num_workers=job.run.num_workers, use_gpu=job.run.use_gpu,
+    scaling = ScalingConfig(num_workers=0 if local_mode else job.run.num_workers, use_gpu=job.run.use_gpu,
                             placement_strategy=job.run.placement_strategy,
                             resources_per_worker={"CPU": job.run.cpus_per_worker,
                                                   **({"GPU": 1} if job.run.use_gpu else {})})
