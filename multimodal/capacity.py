@@ -103,19 +103,20 @@ def _types_from_gcs() -> list[NodeType] | None:
 
 
 def _autoscaler_v1_running() -> bool:
-    """The v1 monitor writes an ``autoscaler_report`` only when it has an autoscaling config."""
+    """The v1 monitor reports node types; on a fixed-size cluster its read-only provider names
+    each node's type ``node_<node id>``, while an autoscaling config names real types."""
     from ray._private import ray_constants
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_initialized
 
     if not _internal_kv_initialized():
         return False
     raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
-    if not raw:
-        return False
     try:
-        return bool(json.loads(raw).get("autoscaler_report"))
+        report = json.loads(raw).get("autoscaler_report") if raw else None
     except ValueError:
         return False
+    mapping = (report or {}).get("node_type_mapping") or {}
+    return any(node_type != f"node_{node_id}" for node_id, node_type in mapping.items())
 
 
 def monitor_config_path(gcs_address: str, proc: Path = Path("/proc")) -> Path | None:
@@ -162,14 +163,13 @@ def discover() -> Capacity:
     types = _types_from_gcs()
     if types is not None:
         return Capacity(True, "GCS cluster config (autoscaler v2)", nodes, types)
-    if not _autoscaler_v1_running():
-        return Capacity(False, "fixed size", nodes)
-    gcs = ray.get_runtime_context().gcs_address
-    path = monitor_config_path(gcs)
-    if path is None or not path.exists():
+    path = monitor_config_path(ray.get_runtime_context().gcs_address)
+    if path is not None and path.exists():
+        return Capacity(True, f"autoscaler v1 config {path}", nodes,
+                        types_from_launcher_config(yaml.safe_load(path.read_text())))
+    if _autoscaler_v1_running():
         return Capacity(True, "autoscaler v1 (its config is not readable from this node)", nodes, None)
-    return Capacity(True, f"autoscaler v1 config {path}", nodes,
-                    types_from_launcher_config(yaml.safe_load(path.read_text())))
+    return Capacity(False, "fixed size", nodes)
 
 
 # --- planning ------------------------------------------------------------------------------------
