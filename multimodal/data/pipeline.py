@@ -328,7 +328,8 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
     URI. ``concurrency``/``num_cpus``: of the decode actors; ``batch_size``: their rows per decode
     call on the ``read_parquet``/WebDataset paths.
-    ``runtime_env``: for the read and decode tasks; default passes the driver's AWS_* variables.
+    ``runtime_env``: for the read and decode tasks; default passes the S3 endpoint and region only
+    (credentials come from each node's environment or role, never from a runtime env).
     ``read_in_decoder`` (Parquet only, default True): the decode actors read their row groups
     themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step); False uses
     ``ray.data.read_parquet`` tasks, which ship the encoded bytes to the actors through the

@@ -135,6 +135,22 @@ def test_job_scales_out_from_zero_trains_on_two_nodes_and_scales_back(cluster):
     _wait(lambda: cluster.alive_worker_nodes() == [], 120, "idle worker nodes to be removed", poll=5)
 
 
+def test_preflight_refuses_what_no_node_type_holds_and_gives_up_after_the_scale_timeout(cluster):
+    too_big = cluster.submit("too-big", "--max-steps", "4", "--cpus-per-worker", "2")
+    assert too_big.returncode != 0
+    assert "a Train worker needs 2 CPU, more than any node type of this cluster has (cpu_worker (1 CPU" \
+        in too_big.stdout + too_big.stderr
+    assert cluster.checkpoints("too-big") == []
+
+    assert cluster.alive_worker_nodes() == []  # scaled back in by the first test
+    impatient = cluster.submit("impatient", "--max-steps", "4", "--scale-timeout", "1")
+    log = impatient.stdout + impatient.stderr
+    assert impatient.returncode != 0
+    # nodes take several seconds to start: one second is not enough
+    assert "the autoscaler did not provide 2 cpu_worker node(s) in 1 s" in log, log[-3000:]
+    assert cluster.checkpoints("impatient") == []
+
+
 def test_no_secret_in_rays_logs_or_job_records(cluster):
     """Runs after a job: the S3 secret the nodes hold appears nowhere Ray writes or serves."""
     hits = []
