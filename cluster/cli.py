@@ -56,6 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     p_status.add_argument("--json", action="store_true")
 
     sub.add_parser("env", help="print `export` lines for RAY_ADDRESS, token auth, S3")
+    sub.add_parser("token", help="print the dashboard's auth token (paste it where the dashboard asks; "
+                                 "`ray get-auth-token` reads ~/.ray/auth_token, not this cluster's)")
     return parser
 
 
@@ -102,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if info["up"] else 3
         if args.command == "env":
             sys.stdout.write(local.format_env(local.env_vars(home=args.home)))
+            return 0
+        if args.command == "token":
+            state = local.load_state(args.home)
+            if state is None:
+                raise local.ClusterError(f"not up (no state in {local.cluster_home(args.home)}); "
+                                         "run `slm-cluster up` first")
+            print(state.token())
             return 0
     except local.ClusterError as exc:
         print(f"slm-cluster {args.command}: {exc}", file=sys.stderr)

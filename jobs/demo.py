@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\ncaption exact-match accuracy: " + ", ".join(f"{g} {100 * a:.1f}%" for g, a in accuracy.items()))
     dashboard = state.dashboard_url if state else env["RAY_ADDRESS"]
     print(f"\nRay dashboard: {dashboard}  (jobs, actors, logs, metrics)")
+    print("dashboard token (it asks for one): .venv/bin/slm-cluster token")
     print(f"run folder:    {storage}/{name}/  (checkpoints, model/, result.json)")
     print("to use the cluster from a shell:  eval \"$(.venv/bin/slm-cluster env)\"")
     print("to stop everything:               .venv/bin/slm-cluster down")

@@ -189,6 +189,16 @@ def test_env_when_down(tmp_path, capsys):
     assert "not up" in capsys.readouterr().err
 
 
+def test_token_prints_this_clusters_token(tmp_path, capsys):
+    assert cli.main(["--home", str(tmp_path), "token"]) == 1
+    assert "not up" in capsys.readouterr().err
+    state = _state(tmp_path)
+    Path(state.token_path).write_text("abc123\n")
+    (tmp_path / local.STATE_FILE).write_text(state.to_json())
+    assert cli.main(["--home", str(tmp_path), "token"]) == 0
+    assert capsys.readouterr().out == "abc123\n"
+
+
 def test_status_and_down_when_nothing_is_up(tmp_path, capsys):
     assert cli.main(["--home", str(tmp_path), "status"]) == 3
     assert "down" in capsys.readouterr().out
