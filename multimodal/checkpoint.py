@@ -68,6 +68,7 @@ class TrainerState:
     epoch: int = 0
     position: DataPosition = field(default_factory=DataPosition)
     best_val_loss: float | None = None
+    best_step: int | None = None  # the step whose checkpoint holds the best_val_loss weights
     validations_without_improvement: int = 0
     first_train_loss: float | None = None
     last_train_loss: float | None = None
@@ -117,6 +118,18 @@ def load_checkpoint(directory: str | Path, model: torch.nn.Module,
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainerState.from_dict(json.loads((directory / TRAINER_STATE).read_text()))
+
+
+def checkpoint_dir_name(step: int) -> str:
+    """The folder name of the checkpoint taken at ``step`` (under ``storage_path/name/``)."""
+    return f"checkpoint_step_{step:07d}"
+
+
+def load_checkpoint_weights(run_uri: str, step: int) -> dict[str, torch.Tensor]:
+    """The model weights of the run's checkpoint at ``step`` (local or S3; safetensors)."""
+    from safetensors.torch import load
+
+    return load(fs.read_bytes(fs.join(run_uri, checkpoint_dir_name(step), "model.safetensors")))
 
 
 def latest_checkpoint_metrics(run_uri: str) -> dict[str, Any] | None:

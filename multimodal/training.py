@@ -21,7 +21,8 @@ import torch.distributed as dist
 
 from multimodal import fs
 from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, empty_batch
-from multimodal.checkpoint import DataPosition, TrainerState, load_checkpoint, save_checkpoint
+from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_name, load_checkpoint,
+                                   load_checkpoint_weights, save_checkpoint)
 from multimodal.config import ModelConfig
 from multimodal.job_config import JobConfig
 from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
@@ -184,7 +185,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             _say(f"resumed from step {state.step} (epoch {state.epoch}; "
                   f"{len(state.position.remaining_shards(shard_rows))} of {len(shard_rows)} shards "
                   f"left in this epoch)")
-    best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # the best weights seen by this attempt; before that, the best checkpoint's (state.best_step)
+    best_weights: dict[str, torch.Tensor] | None = None
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True} if world > 1 else None)
     use_autocast = device.type == "cuda"
@@ -225,6 +227,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if improved:
             state.best_val_loss = val_loss
             state.validations_without_improvement = 0
+            state.best_step = state.step
             best_weights = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
         elif val_loss is not None:
             state.validations_without_improvement += 1
@@ -235,7 +238,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             if rank == 0:
                 save_checkpoint(directory, _unwrap(model), optimizer, state)
                 ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=f"checkpoint_step_{state.step:07d}")
+                                 checkpoint_dir_name=checkpoint_dir_name(state.step))
             else:
                 ray.train.report(report)
         if val_loss is not None:
@@ -350,7 +353,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     model_uri = fs.join(run_uri, "model")
     export = MultimodalSLM(model_cfg)
-    export.load_state_dict(best_weights if state.best_val_loss is not None else _unwrap(model).state_dict())
+    if best_weights is None and state.best_step is not None:  # the best came before this attempt
+        best_weights = load_checkpoint_weights(run_uri, state.best_step)
+    export.load_state_dict(best_weights if best_weights is not None else _unwrap(model).state_dict())
     export.save_pretrained(model_uri, tokenizer=load_tokenizer(loop_config["tokenizer_uri"]))
     elapsed = max(state.train_seconds, 1e-9)
     return {
@@ -360,6 +365,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "first_train_loss": state.first_train_loss,
         "last_train_loss": state.last_train_loss,
         "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
         "samples_by_modality": state.samples_by_modality,
         "bad_samples_by_modality": state.bad_samples_by_modality,
         "dropped_samples": state.dropped_samples,
