@@ -26,6 +26,7 @@ from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_na
 from multimodal.config import ModelConfig
 from multimodal.job_config import JobConfig
 from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
+from multimodal.run_stop import guard_batches, stopped_result
 
 TRAIN, TRAIN_RESUME, VAL = "train", "train_resume", "val"
 
@@ -151,6 +152,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     comm = _Distributed(device)
+    stopped = stopped_result(run_uri)  # an earlier attempt met broken data: retrying cannot help
+    if stopped is not None:
+        return stopped if rank == 0 else None
     torch.manual_seed(train.seed + rank)
     # one intra-op thread per reserved CPU: oversubscribed threads make small models several
     # times slower (measured in jobs/bench_model.py), and Ray Data decodes on the same cores
@@ -201,8 +205,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         model.eval()
         loss_sum, token_sum = 0.0, 0
         with torch.no_grad():
-            for batch, _ in iter_training_batches(ray.train.get_dataset_shard(VAL), train.batch_size,
-                                                  model_cfg.media, device=device):
+            for batch, _ in guard_batches(iter_training_batches(ray.train.get_dataset_shard(VAL), train.batch_size,
+                                                                model_cfg.media, device=device), run_uri):
                 if batch["input_ids"].shape[0] == 0:
                     continue
                 with torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext():
@@ -263,8 +267,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if epoch != first_epoch or resumed_position is None:
             state.position = DataPosition(epoch=epoch)
         name = TRAIN_RESUME if epoch == first_epoch else TRAIN
-        return iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size, model_cfg.media,
-                                     device=device)
+        return guard_batches(iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size,
+                                                   model_cfg.media, device=device), run_uri)
 
     for epoch in range(state.epoch, train.num_epochs):
         state.epoch = epoch

@@ -61,3 +61,29 @@ def test_export_after_a_resume_is_the_best_checkpoint(ray_cluster, small_shards)
     assert exported.keys() == best.keys()
     assert all(torch.equal(exported[k], best[k]) for k in best)
     assert not all(torch.equal(exported[k], resumed[k]) for k in resumed)
+
+
+def test_a_broken_modality_ends_the_run_even_with_unlimited_restarts(ray_cluster, s3_server, media_dir,
+                                                                     capsys):
+    """Every image is undecodable (as with a missing codec), audio is fine, so no shard has a run
+    of consecutive failures. With --max-failures -1 Ray Train would restart forever; the run must
+    stop after one retry with one line naming the modality and the first error."""
+    from jobs.train_multimodal import main as train_main
+    from multimodal.run_stop import BROKEN_RECORD
+
+    bucket = s3_server.new_bucket("broken")
+    manifest = media_dir / "broken-images.csv"
+    lines = [f"image {i},random.png,\naudio {i},,ceg.wav\n" for i in range(40)]
+    manifest.write_text("text,image,audio\n" + "".join(lines))
+    data = f"s3://{bucket}/shards"
+    make_shards(str(manifest), data, progress=None)
+    code = train_main(["--data", data, "--storage-path", f"s3://{bucket}/runs", "--name", "broken",
+                       "--preset", "tiny", "--num-workers", "1", "--cpus-per-worker", "0.5",
+                       "--max-failures", "-1", "--max-steps", "50", "--batch-size", "4",
+                       "--set", "data.vocab_size=300", "--set", "data.decode_cpus=0.5"])
+    assert code == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: dataset broken: image decoding failed on ")
+    assert "First error: MediaDecodeError: undecodable image" in err[-1]
+    assert fs.exists(f"s3://{bucket}/runs/broken/{BROKEN_RECORD}")
+    assert not fs.exists(f"s3://{bucket}/runs/broken/model/model.safetensors")
