@@ -139,6 +139,7 @@ class ShardDatasetFactory:
             return list(self.data.shard_names)
         position = latest_data_position(self.run)
         remaining = position.remaining_shards(self.data.shard_rows)
+        # none left: the epoch was finished, and the loop starts the next one (close_finished_epoch)
         return [self.data.shard_names[i] for i in remaining] or list(self.data.shard_names)
 
     def __call__(self):

@@ -21,8 +21,10 @@ import torch.distributed as dist
 
 from multimodal import fs
 from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, empty_batch
-from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_name, load_checkpoint,
-                                   load_checkpoint_weights, save_checkpoint)
+from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_name, close_finished_epoch,
+                                   load_checkpoint,
+                                   load_checkpoint_weights, save_checkpoint, save_rng_state,
+                                   write_checkpoint_index)
 from multimodal.config import ModelConfig
 from multimodal.job_config import JobConfig
 from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
@@ -181,8 +183,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     resumed_position: DataPosition | None = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory, model, optimizer)
+            state = load_checkpoint(directory, model, optimizer, rank=rank)
         state.resumed_from_steps.append(state.step)
+        close_finished_epoch(state, shard_rows)  # every shard read: go on with the next epoch
         if not state.position.is_fresh():
             resumed_position = DataPosition(state.position.epoch, dict(state.position.rows_per_shard))
         if rank == 0:
@@ -239,12 +242,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                   "val_loss": val_loss if val_loss is not None else float("nan"),
                   "data_position": json.dumps(state.position.to_dict()), **extra}
         with tempfile.TemporaryDirectory() as directory:
+            save_rng_state(directory, rank)  # every rank's own RNG; Ray merges the folders
             if rank == 0:
                 save_checkpoint(directory, _unwrap(model), optimizer, state)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=checkpoint_dir_name(state.step))
-            else:
-                ray.train.report(report)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=checkpoint_dir_name(state.step))
+            if rank == 0:
+                write_checkpoint_index(run_uri, state.step, report)  # uploaded: publish it
         if val_loss is not None:
             metrics.record_validation(val_loss)
 

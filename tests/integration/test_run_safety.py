@@ -3,6 +3,8 @@ server (tiny preset, one worker, a few steps per run)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from safetensors.torch import load
@@ -61,6 +63,12 @@ def test_export_after_a_resume_is_the_best_checkpoint(ray_cluster, small_shards)
     assert exported.keys() == best.keys()
     assert all(torch.equal(exported[k], best[k]) for k in best)
     assert not all(torch.equal(exported[k], resumed[k]) for k in resumed)
+    # the resume plan comes from the run's own index, which names the latest checkpoint
+    index = json.loads(fs.read_bytes(f"{runs}/_checkpoint_index.json"))
+    assert index["latest"]["step"] == 12 and index["latest"]["dir"] == "checkpoint_step_0000012"
+    state = json.loads(fs.read_bytes(f"{runs}/checkpoint_step_0000012/trainer_state.json"))
+    assert json.loads(index["latest"]["metrics"]["data_position"]) == state["position"]
+    assert fs.exists(f"{runs}/checkpoint_step_0000012/rng-rank-0.pt")
 
 
 def test_a_broken_modality_ends_the_run_even_with_unlimited_restarts(ray_cluster, s3_server, media_dir,
