@@ -22,8 +22,7 @@ import torch.distributed as dist
 from multimodal import fs
 from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, empty_batch
 from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_name, close_finished_epoch,
-                                   load_checkpoint,
-                                   load_checkpoint_weights, save_checkpoint, save_rng_state,
+                                   load_checkpoint, load_checkpoint_weights, save_checkpoint, save_rng_state,
                                    write_checkpoint_index)
 from multimodal.config import ModelConfig
 from multimodal.job_config import JobConfig
