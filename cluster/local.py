@@ -289,6 +289,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def write_private_file(path: Path, text: str) -> None:
+    """Write ``text`` to a file that is mode 0600 from its creation (no moment readable by others,
+    whatever the umask); an existing file is narrowed to 0600 before it is truncated."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(descriptor, 0o600)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, text.encode())
+    finally:
+        os.close(descriptor)
+
+
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
     """True if something accepts connections on host:port or the port cannot be bound."""
     with socket.socket() as sock:
@@ -488,9 +500,8 @@ def up(
                                f"pick another with --{name.replace('_', '-')}")
     home_path = Path(p["home"])
     home_path.mkdir(parents=True, exist_ok=True)
-    token_path = Path(p["token_path"])
-    token_path.write_text(secrets.token_hex(32))  # same format as `ray get-auth-token --generate`
-    token_path.chmod(0o600)
+    # same format as `ray get-auth-token --generate`; created 0600, never readable by others
+    write_private_file(Path(p["token_path"]), secrets.token_hex(32))
     if p["autoscaling_config"]:
         write_autoscaling_config(Path(p["autoscaling_config"]), p["autoscaling"])
 

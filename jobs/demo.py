@@ -88,7 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     step("3/5 pack shards onto the local S3")
     shards = f"s3://{bucket}/demo/shards"
     for split in ("train", "val", "test"):
-        run([str(BIN / "slm-make-shards"), str(corpus / f"{split}.csv"), "--out", f"{shards}/{split}"], env)
+        # --overwrite: a re-run replaces the last run's shards (new names, _dataset.json published last)
+        run([str(BIN / "slm-make-shards"), str(corpus / f"{split}.csv"), "--out", f"{shards}/{split}",
+             "--overwrite"], env)
 
     step("4/5 train: ray job submit -> jobs/train_multimodal.py (Ray Train, 2 workers, tiny preset)")
     name = args.name or time.strftime("demo-%Y%m%d-%H%M%S")

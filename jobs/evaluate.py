@@ -19,13 +19,33 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2
+        print(f"error: {message}", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="evaluate", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="exported model folder (local or s3://), from save_pretrained")
     parser.add_argument("--data", required=True, help="shards to evaluate on (with _dataset.json)")
-    parser.add_argument("--batch-size", type=int, default=32, help="samples per forward pass (default 32)")
-    parser.add_argument("--max-samples", type=int, help="evaluate only the first N samples")
-    parser.add_argument("--examples", type=int, default=3, help="generated captions to show per group")
+    parser.add_argument("--batch-size", type=_int_at_least(1), default=32,
+                        help="samples per forward pass (default 32)")
+    parser.add_argument("--max-samples", type=_int_at_least(1), help="evaluate only the first N samples (N >= 1)")
+    parser.add_argument("--examples", type=_int_at_least(0), default=3,
+                        help="generated captions to show per group (0 or more)")
     parser.add_argument("--json", dest="json_out", help="also write the report JSON here")
     return parser
 

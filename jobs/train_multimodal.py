@@ -90,6 +90,7 @@ def load_job_config(argv: list[str] | None = None) -> tuple[JobConfig, argparse.
 
 def main(argv: list[str] | None = None) -> int:
     from multimodal.launch import PreflightError, run
+    from multimodal.run_stop import RunStopped
 
     try:
         job, args = load_job_config(argv)
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except RunStopped as exc:  # e.g. a broken dataset: retrying cannot help
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     print("RESULT " + json.dumps(result, sort_keys=True), flush=True)
     return 0
 

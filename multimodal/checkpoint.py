@@ -6,12 +6,15 @@ A checkpoint directory holds
 |-----------------------|---------------------------------------------------------------------|
 | ``model.safetensors`` | model weights (safetensors: no pickle)                              |
 | ``optimizer.pt``      | AdamW state (tensors only; loaded with ``weights_only=True``)       |
-| ``rng.pt``            | torch CPU (and CUDA) RNG states                                     |
+| ``rng.pt``            | torch CPU (and CUDA) RNG states of rank 0 (checkpoints before ranks) |
+| ``rng-rank-<r>.pt``   | the same for each rank ``r``: every worker resumes its own stream   |
 | ``trainer_state.json``| step, epoch, data position, best validation loss, counters, time used |
 
 Ray Train uploads the directory to ``storage_path/name/checkpoint_step_<N>`` and records it in
-``checkpoint_manager_snapshot.json`` only once the upload is complete, so a half-written
-checkpoint is never the one a resume picks (write, then publish).
+its internal ``checkpoint_manager_snapshot.json`` only once the upload is complete, so a
+half-written checkpoint is never the one a resume picks (write, then publish). Rank 0 then
+records it in the run's own ``_checkpoint_index.json`` (step, folder, metrics with the data
+position), which is what the driver reads to plan a resume.
 
 The *data position* is the number of rows of each shard consumed in the current epoch, summed
 over all workers. A resume rebuilds the epoch's dataset from the shards that were not fully
@@ -32,7 +35,8 @@ from safetensors.torch import load_file, save_file
 from multimodal import fs
 
 TRAINER_STATE = "trainer_state.json"
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray's internal file: only for runs without our index
+CHECKPOINT_INDEX = "_checkpoint_index.json"
 
 
 @dataclass
@@ -68,6 +72,7 @@ class TrainerState:
     epoch: int = 0
     position: DataPosition = field(default_factory=DataPosition)
     best_val_loss: float | None = None
+    best_step: int | None = None  # the step whose checkpoint holds the best_val_loss weights
     validations_without_improvement: int = 0
     first_train_loss: float | None = None
     last_train_loss: float | None = None
@@ -90,6 +95,17 @@ class TrainerState:
         return cls(**data)
 
 
+def close_finished_epoch(state: TrainerState, shard_rows: list[int]) -> bool:
+    """When the checkpoint says every shard of its epoch was read, move ``state`` to the start of
+    the next epoch (the epoch ended right after that checkpoint); True if it did. Without this, a
+    resume would read the whole finished epoch again under the same epoch number."""
+    if state.position.is_fresh() or state.position.remaining_shards(shard_rows):
+        return False
+    state.epoch += 1
+    state.position = DataPosition(epoch=state.epoch)
+    return True
+
+
 def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     state: TrainerState) -> None:
     """Write a checkpoint into a local ``directory`` (Ray Train uploads and publishes it)."""
@@ -98,29 +114,71 @@ def save_checkpoint(directory: str | Path, model: torch.nn.Module, optimizer: to
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(weights, str(directory / "model.safetensors"))
     torch.save(optimizer.state_dict(), directory / "optimizer.pt")
-    rng = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save(rng, directory / "rng.pt")
+    torch.save(_rng_state(), directory / "rng.pt")
     (directory / TRAINER_STATE).write_text(json.dumps(state.to_dict(), indent=1))
 
 
+def _rng_state() -> dict[str, Any]:
+    rng = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank-{rank}.pt"
+
+
+def save_rng_state(directory: str | Path, rank: int) -> None:
+    """Write this rank's RNG states as ``rng-rank-<rank>.pt`` (every rank, into the same checkpoint)."""
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    torch.save(_rng_state(), Path(directory) / rng_file(rank))
+
+
 def load_checkpoint(directory: str | Path, model: torch.nn.Module,
-                    optimizer: torch.optim.Optimizer | None = None) -> TrainerState:
-    """Restore weights (and optimizer, RNG) from a local checkpoint directory."""
+                    optimizer: torch.optim.Optimizer | None = None, rank: int = 0) -> TrainerState:
+    """Restore weights (and optimizer, this ``rank``'s RNG) from a local checkpoint directory.
+
+    A rank without its own RNG file (an older checkpoint, or more workers than before) takes rank 0's.
+    """
     directory = Path(directory)
     model.load_state_dict(load_file(str(directory / "model.safetensors")))
     if optimizer is not None:
         optimizer.load_state_dict(torch.load(directory / "optimizer.pt", weights_only=True))
-    rng = torch.load(directory / "rng.pt", weights_only=True)
+    own = directory / rng_file(rank)
+    rng = torch.load(own if own.exists() else directory / "rng.pt", weights_only=True)
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
     return TrainerState.from_dict(json.loads((directory / TRAINER_STATE).read_text()))
 
 
+def checkpoint_dir_name(step: int) -> str:
+    """The folder name of the checkpoint taken at ``step`` (under ``storage_path/name/``)."""
+    return f"checkpoint_step_{step:07d}"
+
+
+def load_checkpoint_weights(run_uri: str, step: int) -> dict[str, torch.Tensor]:
+    """The model weights of the run's checkpoint at ``step`` (local or S3; safetensors)."""
+    from safetensors.torch import load
+
+    return load(fs.read_bytes(fs.join(run_uri, checkpoint_dir_name(step), "model.safetensors")))
+
+
+def write_checkpoint_index(run_uri: str, step: int, metrics: dict[str, Any]) -> None:
+    """Record the checkpoint just committed at ``step`` (rank 0, after ``ray.train.report`` has
+    uploaded it) in the run's own ``_checkpoint_index.json``: what a resume reads, so it does not
+    depend on the layout of Ray's internal snapshot file."""
+    index = {"version": 1, "latest": {"step": int(step), "dir": checkpoint_dir_name(step), "metrics": metrics}}
+    fs.write_bytes_atomic(fs.join(run_uri, CHECKPOINT_INDEX), json.dumps(index, indent=1).encode())
+
+
 def latest_checkpoint_metrics(run_uri: str) -> dict[str, Any] | None:
-    """Metrics of the latest *committed* checkpoint of a run, from Ray Train's snapshot file."""
+    """Metrics of the latest committed checkpoint of a run: from the run's own index, or (runs
+    written before the index existed) from Ray Train's snapshot file."""
+    index_uri = fs.join(run_uri, CHECKPOINT_INDEX)
+    if fs.exists(index_uri):
+        return json.loads(fs.read_bytes(index_uri))["latest"]["metrics"]
     snapshot_uri = fs.join(run_uri, SNAPSHOT_FILE)
     if not fs.exists(snapshot_uri):
         return None

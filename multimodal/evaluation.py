@@ -83,7 +83,7 @@ def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None
         raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards first")
     spec = model.cfg.media
     processor = SampleProcessor(spec, model.tokenizer, summary.shard_names,
-                                max_consecutive_failures=10**9, torch_threads=None)
+                                max_consecutive_failures=10**9, torch_threads=None, max_failure_rate=1.0)
     max_new_tokens = max_new_tokens or spec.max_text_tokens
     scores: dict[str, GroupScore] = defaultdict(GroupScore)
     model.eval()

@@ -18,6 +18,7 @@ from typing import Any
 from multimodal import fs
 from multimodal.checkpoint import latest_checkpoint_metrics, latest_data_position
 from multimodal.job_config import ConfigError, JobConfig
+from multimodal.run_stop import clear_broken_dataset, raise_if_stopped
 
 
 class PreflightError(RuntimeError):
@@ -199,6 +200,7 @@ class ShardDatasetFactory:
             return list(self.data.shard_names)
         position = latest_data_position(self.run)
         remaining = position.remaining_shards(self.data.shard_rows)
+        # none left: the epoch was finished, and the loop starts the next one (close_finished_epoch)
         return [self.data.shard_names[i] for i in remaining] or list(self.data.shard_names)
 
     def __call__(self):
@@ -326,7 +328,13 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
                              worker_runtime_env={"env_vars": {**fs.aws_public_env_vars(),
                                                               "RAY_CHDIR_TO_TRIAL_DIR": "0"}}),
     )
-    outcome = trainer.fit()
+    clear_broken_dataset(run)  # a new submission gets a fresh try at (possibly fixed) data
+    try:
+        outcome = trainer.fit()
+    except Exception as exc:  # a broken dataset: one line instead of a worker traceback
+        raise_if_stopped(None, exc)
+        raise
+    raise_if_stopped(outcome.return_value)
     result = dict(outcome.return_value or {})
     result.update({"name": job.run.name, "run_uri": run, "preset": model_cfg.preset,
                    "resumed_run": previous is not None, "resumed_run_from_step": (previous or {}).get("step"),

@@ -21,10 +21,13 @@ import torch.distributed as dist
 
 from multimodal import fs
 from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, empty_batch
-from multimodal.checkpoint import DataPosition, TrainerState, load_checkpoint, save_checkpoint
+from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_name, close_finished_epoch,
+                                   load_checkpoint, load_checkpoint_weights, save_checkpoint, save_rng_state,
+                                   write_checkpoint_index)
 from multimodal.config import ModelConfig
 from multimodal.job_config import JobConfig
 from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
+from multimodal.run_stop import guard_batches, stopped_result
 
 TRAIN, TRAIN_RESUME, VAL = "train", "train_resume", "val"
 
@@ -158,6 +161,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
     comm = _Distributed(device)
+    stopped = stopped_result(run_uri)  # an earlier attempt met broken data: retrying cannot help
+    if stopped is not None:
+        return stopped if rank == 0 else None
     torch.manual_seed(train.seed + rank)
     # one intra-op thread per reserved CPU: oversubscribed threads make small models several
     # times slower (measured in jobs/bench_model.py), and Ray Data decodes on the same cores
@@ -184,15 +190,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     resumed_position: DataPosition | None = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            state = load_checkpoint(directory, model, optimizer)
+            state = load_checkpoint(directory, model, optimizer, rank=rank)
         state.resumed_from_steps.append(state.step)
+        close_finished_epoch(state, shard_rows)  # every shard read: go on with the next epoch
         if not state.position.is_fresh():
             resumed_position = DataPosition(state.position.epoch, dict(state.position.rows_per_shard))
         if rank == 0:
             _say(f"resumed from step {state.step} (epoch {state.epoch}; "
                   f"{len(state.position.remaining_shards(shard_rows))} of {len(shard_rows)} shards "
                   f"left in this epoch)")
-    best_weights = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    # the best weights seen by this attempt; before that, the best checkpoint's (state.best_step)
+    best_weights: dict[str, torch.Tensor] | None = None
     model = ray.train.torch.prepare_model(
         model, parallel_strategy_kwargs={"find_unused_parameters": True} if world > 1 else None)
     use_autocast = device.type == "cuda"
@@ -207,8 +215,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         model.eval()
         loss_sum, token_sum = 0.0, 0
         with torch.no_grad():
-            for batch, _ in iter_training_batches(ray.train.get_dataset_shard(VAL), train.batch_size,
-                                                  model_cfg.media, device=device):
+            for batch, _ in guard_batches(iter_training_batches(ray.train.get_dataset_shard(VAL), train.batch_size,
+                                                                model_cfg.media, device=device), run_uri):
                 if batch["input_ids"].shape[0] == 0:
                     continue
                 with torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext():
@@ -233,6 +241,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if improved:
             state.best_val_loss = val_loss
             state.validations_without_improvement = 0
+            state.best_step = state.step
             best_weights = {k: v.detach().cpu().clone() for k, v in _unwrap(model).state_dict().items()}
         elif val_loss is not None:
             state.validations_without_improvement += 1
@@ -240,12 +249,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
                   "val_loss": val_loss if val_loss is not None else float("nan"),
                   "data_position": json.dumps(state.position.to_dict()), **extra}
         with tempfile.TemporaryDirectory() as directory:
+            save_rng_state(directory, rank)  # every rank's own RNG; Ray merges the folders
             if rank == 0:
                 save_checkpoint(directory, _unwrap(model), optimizer, state)
-                ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
-                                 checkpoint_dir_name=f"checkpoint_step_{state.step:07d}")
-            else:
-                ray.train.report(report)
+            ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory),
+                             checkpoint_dir_name=checkpoint_dir_name(state.step))
+            if rank == 0:
+                write_checkpoint_index(run_uri, state.step, report)  # uploaded: publish it
         if val_loss is not None:
             metrics.record_validation(val_loss)
 
@@ -269,8 +279,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         if epoch != first_epoch or resumed_position is None:
             state.position = DataPosition(epoch=epoch)
         name = TRAIN_RESUME if epoch == first_epoch else TRAIN
-        return iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size, model_cfg.media,
-                                     device=device)
+        return guard_batches(iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size,
+                                                   model_cfg.media, device=device), run_uri)
 
     for epoch in range(state.epoch, train.num_epochs):
         state.epoch = epoch
@@ -363,7 +373,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         return None
     model_uri = fs.join(run_uri, "model")
     export = MultimodalSLM(model_cfg)
-    export.load_state_dict(best_weights if state.best_val_loss is not None else _unwrap(model).state_dict())
+    if best_weights is None and state.best_step is not None:  # the best came before this attempt
+        best_weights = load_checkpoint_weights(run_uri, state.best_step)
+    export.load_state_dict(best_weights if best_weights is not None else _unwrap(model).state_dict())
     export.save_pretrained(model_uri, tokenizer=load_tokenizer(loop_config["tokenizer_uri"]))
     elapsed = max(state.train_seconds, 1e-9)
     return {
@@ -373,6 +385,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "first_train_loss": state.first_train_loss,
         "last_train_loss": state.last_train_loss,
         "best_val_loss": state.best_val_loss,
+        "best_step": state.best_step,
         "samples_by_modality": state.samples_by_modality,
         "bad_samples_by_modality": state.bad_samples_by_modality,
         "dropped_samples": state.dropped_samples,

@@ -81,7 +81,9 @@ def s3_server() -> S3Server:
             "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
             "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY, "AWS_REGION": "us-east-1",
         })
-        yield S3Server(endpoint)
+        server = S3Server(endpoint)
+        server.pid = proc.pid  # fault tests pause it (SIGSTOP/SIGCONT) to simulate an outage
+        yield server
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import io
+import math
 import warnings
 from pathlib import Path
 
@@ -33,9 +34,14 @@ PIXEL_STD = 0.5
 PIXEL_SCALE = 1.0 / (255.0 * PIXEL_STD)
 PIXEL_OFFSET = PIXEL_MEAN / PIXEL_STD
 LOG_MEL_EPS = 1e-6
-MAX_IMAGE_PIXELS = 16384 * 16384  # refuse decompression bombs beyond this
-MAX_AUDIO_SECONDS = 3600.0
-MAX_VIDEO_FRAMES_DECODED = 20000
+# Decompression-bomb limits, checked from the headers before anything is decoded (docs/data-safety.md)
+MAX_IMAGE_PIXELS = 64_000_000  # ours, below Pillow's 89M warning band: a larger image counts as bad
+MAX_AUDIO_SECONDS = 3600.0  # a longer file is refused (only ``audio_seconds`` are ever decoded)
+MAX_AUDIO_CHANNELS = 64
+MAX_AUDIO_SAMPLE_RATE = 384_000
+MAX_VIDEO_PIXELS = 3840 * 2160  # per frame (4K UHD)
+MAX_VIDEO_FRAMES_DECODED = 20000  # decoding stops here
+VIDEO_FRAMES_KEPT_PER_OUTPUT = 4  # unknown frame count: at most 4 x video_frames frames held at once
 
 IMAGE_EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp", "bmp", "gif", "tif", "tiff", "ppm", "pgm"})
 AUDIO_EXTENSIONS = frozenset({"wav", "flac", "mp3", "ogg", "oga", "opus", "aiff", "aif"})
@@ -102,9 +108,12 @@ def decode_image_uint8(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # Pillow's own bomb check warns (or raises) in Image.open; ours (lower) decides instead
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(io.BytesIO(raw)) as image:
-                if image.width * image.height > MAX_IMAGE_PIXELS:
-                    raise MediaDecodeError(f"image too large ({image.width}x{image.height})")
+                if image.width * image.height > MAX_IMAGE_PIXELS:  # from the header, before decoding
+                    raise MediaDecodeError(f"image too large ({image.width}x{image.height} > "
+                                           f"{MAX_IMAGE_PIXELS} pixels)")
                 if image.format == "JPEG":
                     image.draft("RGB", (size, size))  # decode at a reduced scale: much faster
                 image.seek(0)
@@ -113,8 +122,10 @@ def decode_image_uint8(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
                 if rgb.size != (size, size):
                     rgb = rgb.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=2.0)
                 array = np.asarray(rgb, dtype=np.uint8)
-    except MediaDecodeError:
+    except (MediaDecodeError, MemoryError):
         raise
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:  # over ours too
+        raise MediaDecodeError(f"image too large (over {MAX_IMAGE_PIXELS} pixels; {exc})") from None
     except Exception as exc:  # PIL raises many kinds (OSError, SyntaxError, ValueError ...)
         raise MediaDecodeError(f"undecodable image: {type(exc).__name__}: {exc}") from None
     if array.shape != (size, size, 3):
@@ -151,21 +162,28 @@ def _check_chunked_length(raw: bytes) -> None:
             raise MediaDecodeError(f"truncated audio: header says {declared + 8} bytes, got {len(raw)}")
 
 
-def read_audio(data: bytes | str | Path) -> tuple[np.ndarray, int]:
-    """Encoded audio → (float32 ``[samples, channels]``, sample rate) with soundfile."""
+def read_audio(data: bytes | str | Path, max_seconds: float | None = None) -> tuple[np.ndarray, int]:
+    """Encoded audio → (float32 ``[samples, channels]``, sample rate) with soundfile.
+
+    ``max_seconds``: decode only the file's first ``max_seconds`` (the rest is never decoded).
+    """
     import soundfile as sf
 
     raw = _as_bytes(data)
     _check_chunked_length(raw)
     try:
         with sf.SoundFile(io.BytesIO(raw)) as handle:
-            rate = int(handle.samplerate)
-            if rate <= 0 or handle.channels <= 0:
-                raise MediaDecodeError(f"bad audio header (rate={rate}, channels={handle.channels})")
+            rate, channels = int(handle.samplerate), int(handle.channels)
+            if rate <= 0 or channels <= 0:
+                raise MediaDecodeError(f"bad audio header (rate={rate}, channels={channels})")
+            if rate > MAX_AUDIO_SAMPLE_RATE or channels > MAX_AUDIO_CHANNELS:
+                raise MediaDecodeError(f"audio header out of range (rate={rate}, channels={channels}; "
+                                       f"limits {MAX_AUDIO_SAMPLE_RATE} Hz, {MAX_AUDIO_CHANNELS})")
             if handle.frames > MAX_AUDIO_SECONDS * rate:
                 raise MediaDecodeError(f"audio longer than {MAX_AUDIO_SECONDS:.0f}s")
-            samples = handle.read(dtype="float32", always_2d=True)
-    except MediaDecodeError:
+            frames = -1 if max_seconds is None else max(1, math.ceil(max_seconds * rate))
+            samples = handle.read(frames=frames, dtype="float32", always_2d=True)
+    except (MediaDecodeError, MemoryError):
         raise
     except Exception as exc:  # soundfile.LibsndfileError, RuntimeError, EOFError ...
         raise MediaDecodeError(f"undecodable audio: {type(exc).__name__}: {exc}") from None
@@ -198,12 +216,14 @@ def waveform_to_log_mel(mono: np.ndarray, rate: int, spec: MediaSpec) -> np.ndar
 
 
 def decode_audio(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
-    """Encoded audio → float32 log-mel ``[n_mels, T]``; raises ``MediaDecodeError``."""
-    samples, rate = read_audio(data)
+    """Encoded audio → float32 log-mel ``[n_mels, T]``; raises ``MediaDecodeError``.
+
+    Only the first ``spec.audio_seconds`` (plus a little, for the resampler) are decoded."""
+    samples, rate = read_audio(data, max_seconds=spec.audio_seconds + 0.1)
     mono = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     try:
         return waveform_to_log_mel(mono, rate, spec)
-    except MediaDecodeError:
+    except (MediaDecodeError, MemoryError):
         raise
     except Exception as exc:
         raise MediaDecodeError(f"audio preprocessing failed: {type(exc).__name__}: {exc}") from None
@@ -219,8 +239,12 @@ def decode_video(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
 def decode_video_uint8(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
     """Encoded video → uint8 RGB frames ``[F, 3, V, V]``; raises ``MediaDecodeError``.
 
-    Frames are picked at evenly spaced indices over the whole clip. When the container states
-    the frame count, only the picked frames are converted and decoding stops after the last one.
+    Frames are picked at evenly spaced indices over the whole clip. The frame size is checked
+    against ``MAX_VIDEO_PIXELS`` before any frame is decoded. When the container states the frame
+    count, only the picked frames are converted and decoding stops after the last one; when it does
+    not, at most ``VIDEO_FRAMES_KEPT_PER_OUTPUT x video_frames`` frames are held (every other one is
+    dropped, and the stride doubled, whenever that many are held). Decoding stops after
+    ``MAX_VIDEO_FRAMES_DECODED`` frames.
     """
     import av
 
@@ -233,20 +257,34 @@ def decode_video_uint8(data: bytes | str | Path, spec: MediaSpec) -> np.ndarray:
             if container.format.name.endswith("_pipe") or container.format.name == "image2":
                 raise MediaDecodeError(f"a still image ({container.format.name}), not a video")
             stream = container.streams.video[0]
+            width, height = int(stream.codec_context.width or 0), int(stream.codec_context.height or 0)
+            if width * height > MAX_VIDEO_PIXELS:
+                raise MediaDecodeError(f"video frames too large ({width}x{height} > {MAX_VIDEO_PIXELS} pixels)")
             declared = int(stream.frames or 0)
+            if declared > MAX_VIDEO_FRAMES_DECODED:  # sample within the part that will be decoded
+                declared = MAX_VIDEO_FRAMES_DECODED
             wanted: set[int] | None = None
             if declared > 0:
                 wanted = set(_even_indices(declared, n_out).tolist())
             kept: dict[int, np.ndarray] = {}
+            stride, hold = 1, max(2, VIDEO_FRAMES_KEPT_PER_OUTPUT * n_out)
             index = -1
             for index, frame in enumerate(container.decode(stream)):
-                if wanted is None or index in wanted:
+                if frame.width * frame.height > MAX_VIDEO_PIXELS:  # a stream may change size
+                    raise MediaDecodeError(f"video frame too large ({frame.width}x{frame.height})")
+                if wanted is None:
+                    if index % stride == 0:
+                        kept[index] = frame.to_ndarray(format="rgb24", width=size, height=size)
+                        if len(kept) >= hold:  # thin out: keep every other frame, double the stride
+                            stride *= 2
+                            kept = {k: v for k, v in kept.items() if k % stride == 0}
+                elif index in wanted:
                     kept[index] = frame.to_ndarray(format="rgb24", width=size, height=size)
                 if wanted is not None and index >= max(wanted):
                     break
                 if index + 1 >= MAX_VIDEO_FRAMES_DECODED:
                     break
-    except MediaDecodeError:
+    except (MediaDecodeError, MemoryError):
         raise
     except Exception as exc:  # av.error.*, ValueError, OSError ...
         raise MediaDecodeError(f"undecodable video: {type(exc).__name__}: {exc}") from None

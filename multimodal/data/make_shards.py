@@ -1,9 +1,10 @@
 """``slm-make-shards MANIFEST --out URI``: pack a corpus into Parquet shards plus ``_dataset.json``.
 
 The manifest is a CSV (header row) or JSONL file (``.jsonl``/``.ndjson``/``.json``) with a
-``text`` column and optional ``image``, ``audio``, ``video`` (paths: relative to the manifest,
-absolute, or ``s3://`` URIs), ``id`` and ``prompt`` columns. Any subset of modalities per row;
-text-only rows are fine. Media are stored as their original encoded bytes.
+``text`` column and optional ``image``, ``audio``, ``video`` (paths relative to the manifest, or
+absolute paths / ``s3://`` URIs inside the manifest's folder or prefix), ``id`` and ``prompt``
+columns. Any subset of modalities per row; text-only rows are fine. Media are stored as their
+original encoded bytes.
 
 Shards (``shard-00000.parquet`` ...) are closed once they reach ``target_shard_bytes``; inside,
 row groups hold at most ``row_group_bytes`` (default 32 MB) so a reader streams a shard one row
@@ -11,10 +12,18 @@ group at a time. Writes are atomic: a local shard is written under a hidden temp
 renamed; on S3 it is staged in a local temporary file and uploaded as one object, which appears
 only when the upload completes. ``_dataset.json`` is written last, and readers only take the
 shards it lists, so a failed run leaves nothing a reader would take as complete (this run's
-finished shards and temporary files are removed on failure too).
+finished shards and temporary files are removed on failure too, and nothing else).
 
-A missing media file is reported with its manifest line and the row is skipped and counted;
-``--strict`` makes it fatal.
+An existing dataset is never damaged: a non-empty ``--out`` is refused unless ``--overwrite``;
+with it, the new shards get names no file there has (``shard-<run tag>-00000.parquet``), the new
+``_dataset.json`` replaces the old one last (the old dataset stays whole until then), and only
+after that are the old summary's shards removed.
+
+Media paths are confined to the manifest's folder/prefix (``media_paths.py``;
+``--allow-outside-paths`` lifts that), only regular files are read, and a file over
+``--max-media-bytes`` (default 256 MB) is refused. A missing, refused or oversized media file is
+reported with its manifest line and the row is skipped and counted by reason; ``--strict`` makes
+it fatal.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import io
 import json
 import os
 import posixpath
+import secrets
 import sys
 import tempfile
 import time
@@ -37,8 +47,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from multimodal import fs
+from multimodal.data.media_paths import (
+    DEFAULT_MAX_MEDIA_BYTES, MediaMissing, MediaRefused, manifest_dir, read_media, resolve_media,
+)
 from multimodal.data.schema import (
-    ALL_MODALITIES, MEDIA_MODALITIES, SHARD_SCHEMA, DatasetSummary, shard_name, write_summary,
+    ALL_MODALITIES, MEDIA_MODALITIES, SHARD_SCHEMA, DatasetSummary, read_summary, shard_name,
+    write_summary,
 )
 
 DEFAULT_TARGET_SHARD_BYTES = 256_000_000
@@ -55,13 +69,6 @@ class ManifestError(ValueError):
 class ManifestRow:
     line: int
     fields: dict[str, str]
-
-
-def _manifest_dir(manifest: str) -> str:
-    manifest = str(manifest)
-    if fs.is_s3(manifest):
-        return manifest.rsplit("/", 1)[0]
-    return str(Path(manifest).expanduser().resolve().parent)
 
 
 def read_manifest(manifest: str) -> Iterator[ManifestRow]:
@@ -120,20 +127,6 @@ def _read_jsonl(manifest: str, text: str) -> Iterator[ManifestRow]:
         yield ManifestRow(number, _clean(record, f"{manifest}:{number}"))
 
 
-def resolve_media(base_dir: str, path: str) -> str:
-    """A media path from the manifest → a local absolute path or an s3:// URI."""
-    if fs.is_s3(path):
-        return path
-    if path.startswith("file://"):
-        path = path[len("file://"):]
-    if fs.is_s3(base_dir):
-        if path.startswith("/"):
-            return path
-        return "s3://" + posixpath.normpath(posixpath.join(base_dir[len("s3://"):], path))
-    candidate = Path(path).expanduser()
-    return str(candidate if candidate.is_absolute() else Path(base_dir) / candidate)
-
-
 def media_extension(path: str) -> str:
     suffix = posixpath.splitext(path.rstrip("/"))[1]
     return suffix.lower().lstrip(".")
@@ -142,8 +135,9 @@ def media_extension(path: str) -> str:
 class _ShardWriter:
     """Writes rows into size-capped shards, one row group per ``row_group_bytes`` of rows."""
 
-    def __init__(self, out_uri: str, target_shard_bytes: int, row_group_bytes: int):
+    def __init__(self, out_uri: str, target_shard_bytes: int, row_group_bytes: int, name_tag: str = ""):
         self.out_uri = out_uri
+        self.name_tag = name_tag  # "" → shard-00000.parquet; "t" → shard-t-00000.parquet
         self.filesystem, self.root = fs.filesystem_for(out_uri)
         self.local = isinstance(self.filesystem, pafs.LocalFileSystem)
         if self.local:
@@ -160,8 +154,12 @@ class _ShardWriter:
         self._row_groups = 0
         self._finished_paths: list[str] = []
 
-    def _open(self) -> None:
+    def _name(self) -> str:
         name = shard_name(len(self.shards))
+        return name.replace("shard-", f"shard-{self.name_tag}-", 1) if self.name_tag else name
+
+    def _open(self) -> None:
+        name = self._name()
         if self.local:
             self._tmp_path = os.path.join(self.root, f".{name}.tmp-{os.getpid()}")
         else:
@@ -200,7 +198,7 @@ class _ShardWriter:
         self._flush()
         self._writer.close()
         self._writer = None
-        name = shard_name(len(self.shards))
+        name = self._name()
         final = posixpath.join(self.root, name) if not self.local else os.path.join(self.root, name)
         if self.local:
             os.replace(self._tmp_path, final)
@@ -251,12 +249,64 @@ class _Progress:
               f"skipped {skipped}, {rate:.0f} rows/s", file=self.stream, flush=True)
 
 
+def existing_files(out_uri: str) -> list[str]:
+    """Names (relative to ``out_uri``) of the files already under an output folder/prefix."""
+    filesystem, root = fs.filesystem_for(out_uri)
+    selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
+    try:
+        infos = filesystem.get_file_info(selector)
+    except (NotADirectoryError, FileNotFoundError):
+        infos = [filesystem.get_file_info(root)]
+        return [root] if infos[0].type == pafs.FileType.File else []
+    return sorted(posixpath.relpath(i.path, root) for i in infos if i.type == pafs.FileType.File)
+
+
+def _claim_output(out_uri: str, overwrite: bool) -> tuple[str, DatasetSummary | None]:
+    """The shard-name tag for this run and the dataset it replaces; refuses a non-empty prefix
+    unless ``overwrite``."""
+    present = existing_files(out_uri)
+    if not present:
+        return "", None
+    if not overwrite:
+        raise ManifestError(f"{out_uri} is not empty ({len(present)} file(s), e.g. {present[0]}); "
+                            f"pass --overwrite to replace the dataset there")
+    try:
+        previous = read_summary(out_uri)
+    except (ValueError, OSError):
+        previous = None  # an unreadable summary: keep its shards, they are not ours to delete
+    tag = time.strftime("%Y%m%d%H%M%S") + "-" + secrets.token_hex(3)
+    return tag, previous
+
+
+def _remove_replaced(out_uri: str, previous: DatasetSummary | None, summary: DatasetSummary,
+                     progress) -> None:
+    """After the new summary is published: delete the old summary's shards (best effort)."""
+    if previous is None:
+        return
+    filesystem, root = fs.filesystem_for(out_uri)
+    keep = set(summary.shard_names)
+    removed = 0
+    for name in previous.shard_names:
+        if name in keep or "/" in name or name.startswith("."):
+            continue
+        try:
+            filesystem.delete_file(posixpath.join(root, name))
+            removed += 1
+        except OSError:
+            pass
+    if progress is not None:
+        print(f"replaced the previous dataset ({removed} old shard(s) removed)", file=progress, flush=True)
+
+
 def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT_TARGET_SHARD_BYTES,
                 strict: bool = False, *, row_group_bytes: float = DEFAULT_ROW_GROUP_BYTES,
-                progress="stderr") -> DatasetSummary:
+                progress="stderr", overwrite: bool = False, allow_outside_paths: bool = False,
+                max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES) -> DatasetSummary:
     """Pack ``manifest`` into Parquet shards under ``out_uri``; returns the written summary.
 
-    Raises ``ManifestError`` for a bad manifest, or a missing media file when ``strict``.
+    Raises ``ManifestError`` for a bad manifest, a non-empty ``out_uri`` without ``overwrite``,
+    or (when ``strict``) a media file that is missing, outside the manifest's folder/prefix (unless
+    ``allow_outside_paths``), not a regular file, or over ``max_media_bytes``.
     ``progress`` is a text stream for progress and warnings (default stderr; None: silent).
     """
     if progress == "stderr":
@@ -265,10 +315,13 @@ def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT
     out_uri = str(out_uri).rstrip("/")
     if target_shard_bytes <= 0:
         raise ManifestError("target shard size must be positive")
-    base_dir = _manifest_dir(manifest)
+    if max_media_bytes <= 0:
+        raise ManifestError("max media bytes must be positive")
+    base_dir = manifest_dir(manifest)
     stem = posixpath.splitext(posixpath.basename(manifest))[0] or "sample"
+    name_tag, previous = _claim_output(out_uri, overwrite)
     summary = DatasetSummary()
-    writer = _ShardWriter(out_uri, int(target_shard_bytes), int(row_group_bytes))
+    writer = _ShardWriter(out_uri, int(target_shard_bytes), int(row_group_bytes), name_tag)
     meter = _Progress(progress)
     rows = skipped = 0
     try:
@@ -277,35 +330,36 @@ def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT
             row = {"sample_id": rows, "id": record["id"] or f"{stem}-{index:08d}",
                    "text": record["text"], "prompt": record["prompt"]}
             size = len(row["text"].encode()) + len(row["prompt"].encode()) + len(row["id"])
-            missing = None
+            problem = reason = None
             for modality in MEDIA_MODALITIES:
                 row[modality] = row[f"{modality}_ext"] = None
                 if not record[modality]:
                     continue
-                location = resolve_media(base_dir, record[modality])
                 try:
-                    data = fs.read_bytes(location)
-                except (FileNotFoundError, IsADirectoryError, PermissionError):
-                    missing = (modality, record[modality])
+                    location = resolve_media(base_dir, record[modality], allow_outside_paths)
+                    data = read_media(location, int(max_media_bytes))
+                except MediaRefused as exc:
+                    problem, reason = f"refused {modality} file: {exc}", "refused"
+                    break
+                except (MediaMissing, IsADirectoryError, PermissionError):
+                    problem, reason = f"missing {modality} file {record[modality]}", "missing"
                     break
                 except OSError as exc:
                     if "not found" in str(exc).lower() or "nosuchkey" in str(exc).lower():
-                        missing = (modality, record[modality])
+                        problem, reason = f"missing {modality} file {record[modality]}", "missing"
                         break
                     raise
                 row[modality] = data
                 row[f"{modality}_ext"] = media_extension(location)
                 size += len(data)
-            problem = None
-            if missing is not None:
-                problem = f"missing {missing[0]} file {missing[1]}"
-            elif not row["text"] and not any(row[m] is not None for m in MEDIA_MODALITIES):
-                problem = "row has neither text nor media"
+            if problem is None and not row["text"] and not any(row[m] is not None for m in MEDIA_MODALITIES):
+                problem, reason = "row has neither text nor media", "empty"
             if problem is not None:
                 message = f"{manifest}:{entry.line}: {problem}"
                 if strict:
                     raise ManifestError(message)
                 skipped += 1
+                summary.skipped_by_reason[reason] = summary.skipped_by_reason.get(reason, 0) + 1
                 if progress is not None:
                     print(f"warning: {message} (row skipped)", file=progress, flush=True)
                 continue
@@ -323,7 +377,12 @@ def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT
     if rows == 0:
         writer.abort()
         raise ManifestError(f"{manifest}: no usable rows ({skipped} skipped)")
-    write_summary(out_uri, summary)
+    try:
+        write_summary(out_uri, summary)  # publish: the old dataset stays whole until this succeeds
+    except BaseException:
+        writer.abort()
+        raise
+    _remove_replaced(out_uri, previous, summary, progress)
     meter.update(rows, skipped, len(summary.shards), summary.bytes, force=True)
     if progress is not None:
         counts = ", ".join(f"{m} {summary.modalities[m]['count']}" for m in ALL_MODALITIES)
@@ -383,7 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
                         metavar="SIZE", help="close a shard at about this many bytes (default 256MB)")
     parser.add_argument("--row-group-size", type=_size, default=DEFAULT_ROW_GROUP_BYTES, metavar="SIZE",
                         help="bytes per Parquet row group, the unit a reader holds in memory (default 32MB)")
-    parser.add_argument("--strict", action="store_true", help="a missing media file is fatal")
+    parser.add_argument("--strict", action="store_true",
+                        help="a missing, refused or oversized media file is fatal (default: skip the row)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the dataset already at --out (new shard names; the new "
+                             "_dataset.json is published last, then the old shards are removed)")
+    parser.add_argument("--allow-outside-paths", action="store_true",
+                        help="trust media paths outside the manifest's folder/prefix (absolute, ~, "
+                             "'..', file://, other buckets)")
+    parser.add_argument("--max-media-bytes", type=_size, default=DEFAULT_MAX_MEDIA_BYTES, metavar="SIZE",
+                        help="refuse a media file larger than this (default 256MB)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     return parser
 
@@ -392,7 +460,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         make_shards(args.manifest, args.out, args.target_shard_size, args.strict,
-                    row_group_bytes=args.row_group_size, progress=None if args.quiet else sys.stderr)
+                    row_group_bytes=args.row_group_size, progress=None if args.quiet else sys.stderr,
+                    overwrite=args.overwrite, allow_outside_paths=args.allow_outside_paths,
+                    max_media_bytes=int(args.max_media_bytes))
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -26,7 +26,8 @@ empty when absent; ``loader.iter_training_batches`` makes dense normalised tenso
 
 A run of more than ``max_consecutive_failures`` media decode failures in one shard (no successful
 decode in between) raises ``DatasetBrokenError`` naming the shard: that is a broken dataset, not
-a few bad files. S3 endpoint and credentials come from the AWS_* environment; they are put into
+a few bad files. So does a modality whose decode failure rate is far above a corrupt-file rate
+(``failure_rate.py``: over 50 % after 32 tries), naming the modality and its first error. S3 endpoint and credentials come from the AWS_* environment; they are put into
 the read and decode tasks' runtime env so every Ray worker sees them. Transient S3 errors are
 retried with exponential backoff by the pyarrow S3 filesystem (``fs.S3_RETRY_ATTEMPTS``) and again
 by Ray Data's retrying filesystem wrapper before a read fails.
@@ -46,6 +47,7 @@ from multimodal.batch import MODALITIES, empty_text, present_key
 from multimodal.config import MediaSpec
 from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
+from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
 from multimodal.data.wire import media_shape, wire_table
@@ -62,10 +64,6 @@ MAX_UNIT_BLOCKS = 4096  # read units (row groups) are grouped into at most this 
 # a step never spans row groups, so an actor still holds one row group at most
 DEFAULT_UNIT_BATCH_ROWS = 256
 WDS_META = ("__key__", "__url__")
-
-
-class DatasetBrokenError(RuntimeError):
-    """Too many consecutive undecodable samples in one shard."""
 
 
 def wds_sample_id(shard: str, key: str) -> int:
@@ -101,7 +99,8 @@ class SampleProcessor:
     """
 
     def __init__(self, spec: MediaSpec | dict, tokenizer, shard_names: Sequence[str],
-                 max_consecutive_failures: int = 100, torch_threads: int | None = 1):
+                 max_consecutive_failures: int = 100, torch_threads: int | None = 1,
+                 max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE):
         if torch_threads:
             import torch
 
@@ -112,6 +111,7 @@ class SampleProcessor:
         self.shard_index = {name: i for i, name in enumerate(self.shard_names)}
         self.max_consecutive_failures = int(max_consecutive_failures)
         self.failure_runs: dict[int, int] = {}
+        self.failure_rate = ModalityFailureRate(max_failure_rate)
 
     # rows in the Parquet shard schema -------------------------------------------------------
     def _rows_from_batch(self, batch: dict) -> list[dict]:
@@ -179,9 +179,11 @@ class SampleProcessor:
                     media[modality][i] = decoders[modality](data, self.spec)
                 except MediaDecodeError as exc:
                     out[f"bad_{modality}"][i] = True
+                    self.failure_rate.note(modality, exc)
                     self._note(shard_id, False, exc)
                     continue
                 good_media += 1
+                self.failure_rate.note(modality)
                 self._note(shard_id, True)
             text, prompt = row.get("text") or "", row.get("prompt") or ""
             ids, mask, labels = encode_sample(self.tokenizer, text, prompt, length)

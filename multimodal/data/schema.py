@@ -64,6 +64,8 @@ class DatasetSummary:
     modalities: dict[str, dict[str, int]] = field(
         default_factory=lambda: {m: {"count": 0, "bytes": 0} for m in ALL_MODALITIES})
     skipped_rows: int = 0
+    # why rows were skipped: {"missing": n, "refused": n, "empty": n} (absent in older summaries)
+    skipped_by_reason: dict[str, int] = field(default_factory=dict)
     format: str = "parquet"
     created_by: str = "slm-make-shards"
 

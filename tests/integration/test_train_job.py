@@ -70,6 +70,9 @@ def test_two_worker_run_learns_and_exports(ray_cluster, s3_server, demo_shards, 
     assert "runs/basic/model/tokenizer.json" in keys
     assert "runs/basic/result.json" in keys
     assert any(k.startswith("runs/basic/checkpoint_step_0000012/") for k in keys)
+    # every rank's own RNG stream is in the checkpoint (a resume must not give both rank 0's)
+    assert {"runs/basic/checkpoint_step_0000012/rng-rank-0.pt",
+            "runs/basic/checkpoint_step_0000012/rng-rank-1.pt"} <= set(keys)
     stored = json.loads(fs.read_bytes(f"s3://{bucket}/runs/basic/result.json"))
     assert stored["steps"] == 12 and stored["model_uri"] == f"s3://{bucket}/runs/basic/model"
 

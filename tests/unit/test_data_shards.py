@@ -126,16 +126,16 @@ def test_strict_missing_is_fatal_and_leaves_nothing(media, tmp_path, capsys):
 def test_failure_mid_shard_leaves_no_visible_files(media, tmp_path, monkeypatch):
     manifest = write_csv(media / "m5.csv", sample_rows(media) * 2)
     out = tmp_path / "crash"
-    real_read = ms.fs.read_bytes
+    real_read = ms.read_media
     calls = {"n": 0}
 
-    def flaky(uri):
+    def flaky(uri, max_bytes):
         calls["n"] += 1
         if calls["n"] == 9:
             raise KeyboardInterrupt  # the process is interrupted while a shard is open
-        return real_read(uri)
+        return real_read(uri, max_bytes)
 
-    monkeypatch.setattr(ms.fs, "read_bytes", flaky)
+    monkeypatch.setattr(ms, "read_media", flaky)
     with pytest.raises(KeyboardInterrupt):
         ms.make_shards(str(manifest), str(out), target_shard_bytes=20_000, progress=None)
     assert [p.name for p in out.iterdir()] == []
