@@ -101,12 +101,14 @@ def storage_estimate(data: TrainData) -> dict[str, Any]:
 def prepare_tokenizer(job: JobConfig, run: str) -> str:
     """The URI of the run's tokenizer: the given one, the run's saved one, or one trained now."""
     from multimodal.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer_from_dataset
+    from multimodal.finetune import base_tokenizer_uri
 
     target = fs.join(run, "tokenizer.json")
     if fs.exists(target):
         return target
-    if job.data.tokenizer:
-        save_tokenizer(load_tokenizer(job.data.tokenizer), target)
+    source = base_tokenizer_uri(job.finetune.init_from) if job.finetune.init_from else job.data.tokenizer
+    if source:
+        save_tokenizer(load_tokenizer(source), target)
     else:
         vocab_size = job.data.vocab_size or job.model.resolve().core.vocab_size
         print(f"training a byte-level BPE tokenizer (vocab <= {vocab_size}) on {job.data.train}", flush=True)
@@ -177,6 +179,19 @@ def _ray_init() -> None:
     ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
 
 
+def _finetune_base_config(job: JobConfig):
+    """The base model's config for a fine-tune (``None`` for a fresh run)."""
+    if not job.finetune.init_from:
+        return None
+    from multimodal.finetune import base_model_config, base_tokenizer_uri
+
+    try:
+        base_tokenizer_uri(job.finetune.init_from)
+        return base_model_config(job.finetune.init_from)
+    except (OSError, ValueError) as exc:
+        raise PreflightError(f"--init-from {str(exc).splitlines()[0]}") from None
+
+
 # --- the run -----------------------------------------------------------------------------
 def run(job: JobConfig) -> dict[str, Any]:
     """Preflight, train with Ray Train, export, and return (and store) the result."""
@@ -193,6 +208,7 @@ def run(job: JobConfig) -> dict[str, Any]:
     train_data = describe_data(job.data.train)
     val_data = describe_data(job.data.val, "validation") if job.data.val else None
     check_writable(run)
+    base_cfg = _finetune_base_config(job)
     _ray_init()
     resources = check_cluster(job)
     estimate = storage_estimate(train_data)
@@ -206,7 +222,7 @@ def run(job: JobConfig) -> dict[str, Any]:
     tokenizer_uri = prepare_tokenizer(job, run)
     from multimodal.data.tokenizer import load_tokenizer
 
-    model_cfg = job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
+    model_cfg = base_cfg or job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
     resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
     fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
     previous = latest_checkpoint_metrics(run)
