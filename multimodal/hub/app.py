@@ -7,7 +7,7 @@ experts with their calibration, ``GET /healthz`` says the ingress is up. Every r
 with ``{"error": "<one line>"}``.
 """
 
-from __future__ import annotations
+# no ``from __future__ import annotations`` here: FastAPI must see ``Request`` as a class
 
 import asyncio
 import hashlib
@@ -24,7 +24,7 @@ from multimodal.config import MediaSpec
 from multimodal.hub.calibration import Calibration
 from multimodal.hub.config import HubConfig
 from multimodal.hub.requests import BadRequest, decode_query, parse_body, spec_key
-from multimodal.hub.router import ExpertAnswer, choose
+from multimodal.hub.router import ExpertAnswer, candidates, choose
 
 API_KEY_HEADER = "x-api-key"
 api = FastAPI(title="SLM hub", docs_url=None, redoc_url=None, openapi_url=None)
@@ -52,6 +52,7 @@ class HubIngress:
         self.expert_specs = {name: MediaSpec.model_validate(spec) for name, spec in specs.items()}
         self.specs = {spec_key(spec): spec for spec in self.expert_specs.values()}
         self.key_hash = key_hash
+        self.expert_modalities = {e["name"]: e["modalities"] for e in listing}
         os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     def _authorised(self, request: Request) -> bool:
@@ -94,13 +95,14 @@ class HubIngress:
                 None, decode_query, body, self.specs)
         except BadRequest as exc:
             return _error(exc.status, exc.reason)
-        answers, failed = await self._broadcast(query)
+        asked = candidates(query.modalities, self.expert_modalities, self.config.routing.prefilter)
+        answers, failed = await self._broadcast(query, asked)
         response = choose(answers, failed, self.config.routing.threshold,
-                          (time.perf_counter() - started) * 1000)
+                          (time.perf_counter() - started) * 1000,
+                          skipped=[n for n in self.handles if n not in asked])
         return JSONResponse(response, status_code=200 if answers else 503)
 
-    async def _broadcast(self, query) -> tuple[dict[str, ExpertAnswer], dict[str, str]]:
-        names = list(self.handles)
+    async def _broadcast(self, query, names: list[str]) -> tuple[dict[str, ExpertAnswer], dict[str, str]]:
         calls = [self._ask(name, {"prompt": query.prompt, "max_new_tokens": query.max_new_tokens,
                                   "media": query.for_spec(spec_key(self.expert_specs[name]))})
                  for name in names]
@@ -147,7 +149,8 @@ def build_app(config: HubConfig, calibrations: dict[str, Calibration], specs: di
                 name=f"expert-{expert.name}", max_ongoing_requests=4 * routing.max_batch_size,
                 ray_actor_options={"num_cpus": expert.num_cpus, "num_gpus": expert.num_gpus},
                 **scaling).bind({expert.name: experts[expert.name]})
-    listing = [{"name": e.name, "model": e.model, "calibration": calibrations[e.name].to_dict()}
+    listing = [{"name": e.name, "model": e.model, "calibration": calibrations[e.name].to_dict(),
+                "modalities": e.modalities if e.modalities is not None else calibrations[e.name].modalities}
                for e in config.experts]
     key_hash = hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
     ingress = HubIngress.options(

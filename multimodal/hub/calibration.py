@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
 import numpy as np
@@ -22,6 +22,7 @@ import numpy as np
 from multimodal import fs
 
 CALIBRATION_FILE = "calibration.json"
+MIN_GROUP_ACCURACY = 0.25  # an expert is competent on a media group where it is right this often
 TEMPERATURES = np.exp(np.linspace(math.log(0.02), math.log(50.0), 400))
 
 
@@ -46,6 +47,8 @@ class Calibration:
     accuracy: float | None = None
     ece_before: float | None = None  # expected calibration error of exp(mean_logprob)
     ece_after: float | None = None  # ... of exp(mean_logprob / temperature)
+    accuracy_by_group: dict[str, float] = field(default_factory=dict)
+    modalities: list[str] | None = None  # media groups it answers well (None: not measured)
     validation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -82,14 +85,22 @@ def fit_temperature(mean_logprobs: np.ndarray, correct: np.ndarray) -> float:
     return float(TEMPERATURES[int(np.argmin(losses))])
 
 
-def calibrate(outcomes: list[Outcome], validation: str | None = None) -> Calibration:
-    """Fit the temperature on ``outcomes`` and report the calibration error before and after."""
+def calibrate(outcomes: list[Outcome], validation: str | None = None,
+              min_group_accuracy: float = MIN_GROUP_ACCURACY) -> Calibration:
+    """Fit the temperature on ``outcomes``, report the calibration error before and after, and
+    the media groups the expert is competent on (exact match >= ``min_group_accuracy``)."""
     if not outcomes:
         return Calibration(validation=validation)
     logprobs = np.array([o.mean_logprob for o in outcomes])
     correct = np.array([o.correct for o in outcomes])
     temperature = fit_temperature(logprobs, correct)
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    for outcome in outcomes:
+        by_group[outcome.group].append(outcome.correct)
+    accuracy_by_group = {group: float(np.mean(hits)) for group, hits in sorted(by_group.items())}
     return Calibration(
+        accuracy_by_group=accuracy_by_group,
+        modalities=[g for g, a in accuracy_by_group.items() if a >= min_group_accuracy],
         temperature=temperature, samples=len(outcomes), accuracy=float(correct.mean()),
         ece_before=expected_calibration_error(confidence(logprobs, 1.0), correct),
         ece_after=expected_calibration_error(confidence(logprobs, temperature), correct),

@@ -14,7 +14,7 @@ Relative model paths are resolved against the config file's folder. Unknown keys
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -46,9 +46,14 @@ class ExpertConfig(StrictModel):
     autoscaling: Autoscaling | None = None
     num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (fractions allowed)")
     num_gpus: float = Field(0.0, ge=0)
+    modalities: list[Literal["image", "audio", "video"]] | None = Field(
+        None, description="media it answers (default: measured on its validation split)")
 
 
 class RoutingConfig(StrictModel):
+    prefilter: Literal["modalities", "none"] = Field(
+        "modalities", description="ask only the experts competent on the request's media "
+        "(none: broadcast every request to every expert)")
     threshold: float = Field(0.3, ge=0, le=1, description="below this best confidence: no answer")
     expert_timeout_s: float = Field(20.0, gt=0, description="an expert slower than this counts as failed")
     max_batch_size: int = Field(8, ge=1, description="requests one replica decodes together (@serve.batch)")
