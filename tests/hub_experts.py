@@ -93,6 +93,15 @@ def decoded_batches(uri: str, model: MultimodalSLM, batch_size: int) -> list[dic
 
 def train_expert(train_uri: str, out_uri: str, tokenizer, steps: int, seed: int = 0) -> str:
     """A ``tiny`` model trained on one domain's shards for ``steps`` steps, saved at ``out_uri``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models on shared cores: one thread is far faster
+    try:
+        return _train(train_uri, out_uri, tokenizer, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(train_uri: str, out_uri: str, tokenizer, steps: int, seed: int) -> str:
     cfg = preset("tiny")
     cfg.core.vocab_size = tokenizer.get_vocab_size()
     torch.manual_seed(seed)
