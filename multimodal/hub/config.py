@@ -118,14 +118,20 @@ def parse_hub_config(values: dict[str, Any], base_dir: str | Path = ".") -> HubC
 
 
 def load_hub_config(path: str | Path) -> HubConfig:
-    """Read and validate the YAML (or JSON) file at ``path``."""
-    path = Path(path)
-    if not path.is_file():
-        raise HubConfigError(f"hub config error: {path}: no such file")
+    """Read and validate the YAML (or JSON) file at ``path`` (a local path or an ``s3://`` URI)."""
+    path = str(path)
+    if fs.is_s3(path):
+        if not fs.exists(path):
+            raise HubConfigError(f"hub config error: {path}: no such object")
+        text, base = fs.read_bytes(path).decode(), Path(".")
+    else:
+        if not Path(path).is_file():
+            raise HubConfigError(f"hub config error: {path}: no such file")
+        text, base = Path(path).read_text(), Path(path).parent
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise HubConfigError(f"hub config error: {path}: not valid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(raw, dict):
         raise HubConfigError(f"hub config error: {path}: the top level must be a mapping with 'experts'")
-    return parse_hub_config(raw, path.parent)
+    return parse_hub_config(raw, base)

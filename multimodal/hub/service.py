@@ -54,6 +54,20 @@ def deploy(config: HubConfig, port: int | None = None, say: Callable[[str], None
     return f"http://{config.server.host}:{port}"
 
 
+def application(args: dict[str, str]):
+    """Serve's application builder, for a ``serveConfigV2`` / ``serve run`` import path
+    (``multimodal.hub.service:application`` with ``args: {config: <path or s3:// URI>}``): the
+    experts must have their calibration.json already (``slm-hub calibrate``)."""
+    from multimodal.hub.app import build_app
+    from multimodal.hub.config import load_hub_config
+
+    if "config" not in args:
+        raise HubConfigError("hub application: pass args: {config: <hub.yaml path or s3:// URI>}")
+    config = load_hub_config(args["config"])
+    registered = register_experts(config, say=lambda message: None)
+    return build_app(config, registered["calibrations"], registered["specs"], api_key_from_env(config))
+
+
 def status() -> dict[str, Any]:
     """The hub application's status and its deployments' replica counts (Serve's view)."""
     from ray import serve

@@ -105,3 +105,22 @@ def test_router_prefilters_by_modality_and_refuses_below_threshold():
     assert body["failed"] == {"notes": "TimeoutError"}
     refused = choose(answers, {}, threshold=0.95, latency_ms=3.0)
     assert refused["expert"] is None and refused["answer"].startswith("no expert confident")
+
+
+def test_rayservice_manifest_is_a_valid_serve_config_for_the_hub():
+    import importlib
+    from pathlib import Path
+
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    path = Path(__file__).resolve().parents[2] / "cluster" / "kuberay" / "rayservice-hub.yaml"
+    [service] = [d for d in yaml.safe_load_all(path.read_text()) if d and d["kind"] == "RayService"]
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    schema = ServeDeploySchema.parse_obj(serve_config)
+    [app] = schema.applications
+    module, _, attribute = app.import_path.partition(":")
+    assert callable(getattr(importlib.import_module(module), attribute))
+    assert app.args["config"].startswith("s3://") and "api" not in str(app.runtime_env).lower()
+    assert service["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
+    assert "peft==0.21.2" in app.runtime_env["pip"]
