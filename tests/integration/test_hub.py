@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from multimodal.hub.config import APP_NAME, parse_hub_config
+from multimodal.hub.config import parse_hub_config
 from tests.conftest import free_port
 from tests.hub_experts import demo_tokenizer, domain_data, train_expert
 
@@ -28,8 +28,6 @@ API_KEY = "test-hub-key"
 def hub(ray_cluster, tmp_path_factory, monkeypatch_module):
     """Two tiny experts (shapes: images, notes: audio), calibrated on a mixed validation split,
     served by the hub with an API key; yields (url, test rows by domain)."""
-    from ray import serve
-
     from multimodal.hub import service
 
     root = tmp_path_factory.mktemp("hub")
@@ -47,8 +45,9 @@ def hub(ray_cluster, tmp_path_factory, monkeypatch_module):
     })
     url = service.deploy(config, say=lambda message: None)
     yield url, data["test"]
-    serve.delete(APP_NAME)
-    serve.shutdown()
+    assert service.down() is True  # what `slm-hub down` does: the app is deleted, Serve stopped
+    with pytest.raises(OSError):  # nothing listens any more
+        urllib.request.urlopen(url + "/healthz", timeout=5)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +75,13 @@ def media_request(row: dict[str, str], **extra) -> dict:
 
 
 def test_routes_each_domain_to_its_expert(hub):
+    from multimodal.hub import service
+
     url, test_rows = hub
+    state = service.status()  # what `slm-hub status` prints
+    assert state["status"] == "RUNNING"
+    assert set(state["deployments"]) == {"ingress", "expert-shapes", "expert-notes"}
+    assert state["deployments"]["expert-notes"]["replicas"] == {"RUNNING": 1}
     status, health = call(url, "/healthz", key=None)
     assert status == 200 and health == {"status": "ok", "experts": 2}
     status, listing = call(url, "/v1/experts")
