@@ -48,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--requests", type=int, default=300, help="requests in the load test")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients in the load test")
     parser.add_argument("--max-new-tokens", type=int, default=16)
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: private)")
+    parser.add_argument("--address", default=os.environ.get("SLM_RAY_GCS_ADDRESS"),
+                        help="Ray GCS address (default: $SLM_RAY_GCS_ADDRESS from `slm-cluster env`, else a private local Ray)")
     parser.add_argument("--json", default=None, help="also write the report here")
     return parser
 

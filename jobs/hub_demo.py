@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--base-minutes", type=float, default=6.0, help="base run time budget")
     parser.add_argument("--expert-minutes", type=float, default=3.0, help="time budget per fine-tune")
     parser.add_argument("--lora-rank", type=int, default=16, help="LoRA rank of the fine-tunes")
-    parser.add_argument("--address", default=os.environ.get("RAY_ADDRESS"), help="Ray cluster (default: private)")
+    parser.add_argument("--address", default=os.environ.get("SLM_RAY_GCS_ADDRESS"),
+                        help="Ray GCS address (default: $SLM_RAY_GCS_ADDRESS from `slm-cluster env`, else a private local Ray)")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of a private local Ray")
     return parser
 

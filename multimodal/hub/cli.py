@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -19,8 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slm-hub", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="See docs/hub.md for the config and the HTTP API.")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster address (default: RAY_ADDRESS, else the local cluster)")
+    parser.add_argument("--address", default=os.environ.get("SLM_RAY_GCS_ADDRESS"),
+                        help="Ray GCS address host:port (default: $SLM_RAY_GCS_ADDRESS, set by "
+                             "`eval \"$(slm-cluster env)\"`, else the running local cluster)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve = commands.add_parser("serve", help="register the experts and deploy the hub",
                                 description="Register the experts (fit missing calibrations) and deploy "

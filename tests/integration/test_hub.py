@@ -39,12 +39,12 @@ def hub(ray_cluster, tmp_path_factory, monkeypatch_module):
     monkeypatch_module.setenv("HUB_TEST_KEY", API_KEY)
     config = parse_hub_config({
         "experts": experts,
-        "routing": {"threshold": 0.05, "expert_timeout_s": 4.0},
+        "routing": {"threshold": 0.05, "expert_timeout_s": 8.0},
         "server": {"port": free_port(), "max_body_bytes": 200_000, "api_key_env": "HUB_TEST_KEY",
                    "ingress_num_cpus": 0.1},
     })
     url = service.deploy(config, say=lambda message: None)
-    yield url, data["test"]
+    yield url, data["test"], config
     assert service.down() is True  # what `slm-hub down` does: the app is deleted, Serve stopped
     with pytest.raises(OSError):  # nothing listens any more
         urllib.request.urlopen(url + "/healthz", timeout=5)
@@ -77,7 +77,7 @@ def media_request(row: dict[str, str], **extra) -> dict:
 def test_routes_each_domain_to_its_expert(hub):
     from multimodal.hub import service
 
-    url, test_rows = hub
+    url, test_rows, _ = hub
     state = service.status()  # what `slm-hub status` prints
     assert state["status"] == "RUNNING"
     assert set(state["deployments"]) == {"ingress", "expert-shapes", "expert-notes"}
@@ -100,7 +100,7 @@ def test_routes_each_domain_to_its_expert(hub):
 
 
 def test_text_prompt_is_broadcast_to_every_expert(hub):
-    url, _ = hub
+    url, _, _ = hub
     status, answer = call(url, "/v1/generate", {"prompt": "a red", "max_new_tokens": 4})
     assert status == 200, answer
     assert set(answer["scores"]) == set(DOMAIN_MEDIA) and answer["skipped"] == []
@@ -108,7 +108,7 @@ def test_text_prompt_is_broadcast_to_every_expert(hub):
 
 
 def test_each_bad_input_is_a_4xx_and_the_hub_keeps_serving(hub):
-    url, test_rows = hub
+    url, test_rows, _ = hub
     image_row = test_rows["shapes"][0]
     good = media_request(image_row)
     bad = {
@@ -137,7 +137,7 @@ def test_a_killed_expert_replica_is_reported_and_replaced(hub, ray_cluster):
     import ray
     from ray.util.state import list_actors
 
-    url, test_rows = hub
+    url, test_rows, _ = hub
     address = f"http://{ray_cluster.dashboard_url}"
 
     def notes_replicas() -> list[str]:
@@ -161,3 +161,19 @@ def test_a_killed_expert_replica_is_reported_and_replaced(hub, ray_cluster):
     else:
         pytest.fail("the killed notes replica was not replaced within 120 s")
     assert answer["failed"] == {}
+
+
+def test_pool_multiplexes_more_experts_than_a_replica_holds(hub):
+    """Last in this module: it replaces the app with one multiplexed deployment whose single
+    replica keeps one expert at a time, so alternating domains swaps experts in and out."""
+    from multimodal.hub import service
+
+    url, test_rows, config = hub
+    pooled = config.model_copy(update={"pool": {"replicas": 1, "models_per_replica": 1, "num_cpus": 0.1}})
+    pooled = type(config).model_validate(pooled.model_dump())
+    assert service.deploy(pooled, port=config.server.port, say=lambda message: None) == url
+    assert set(service.status()["deployments"]) == {"ingress", "experts"}
+    for row in [test_rows["shapes"][0], test_rows["notes"][0], test_rows["shapes"][1]]:
+        status, answer = call(url, "/v1/generate", media_request(row))
+        assert status == 200 and answer["text"] == row["text"], answer
+        assert answer["expert"] == ("shapes" if row["image"] else "notes")

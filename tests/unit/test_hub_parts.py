@@ -124,3 +124,14 @@ def test_rayservice_manifest_is_a_valid_serve_config_for_the_hub():
     assert app.args["config"].startswith("s3://") and "api" not in str(app.runtime_env).lower()
     assert service["spec"]["rayClusterConfig"]["rayVersion"] == "2.60.0"
     assert "peft==0.21.2" in app.runtime_env["pip"]
+
+
+def test_cli_bad_config_is_a_one_line_error_with_exit_2(tmp_path, capsys):
+    from multimodal.hub.cli import main
+
+    assert main(["serve", str(tmp_path / "missing.yaml")]) == 2
+    (tmp_path / "bad.yaml").write_text("experts:\n  - name: a\n")
+    assert main(["calibrate", str(tmp_path / "bad.yaml")]) == 2
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [f"error: hub config error: {tmp_path / 'missing.yaml'}: no such file",
+                      "error: hub config error: experts.0.model: Field required"]
