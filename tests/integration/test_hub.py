@@ -169,8 +169,10 @@ def test_pool_multiplexes_more_experts_than_a_replica_holds(hub):
     from multimodal.hub import service
 
     url, test_rows, config = hub
-    pooled = config.model_copy(update={"pool": {"replicas": 1, "models_per_replica": 1, "num_cpus": 0.1}})
-    pooled = type(config).model_validate(pooled.model_dump())
+    values = config.model_dump()
+    values["pool"] = {"replicas": 1, "models_per_replica": 1, "num_cpus": 0.1}
+    values["routing"]["expert_timeout_s"] = 60.0  # a swap loads a model on a busy shared CPU
+    pooled = type(config).model_validate(values)
     assert service.deploy(pooled, port=config.server.port, say=lambda message: None) == url
     assert set(service.status()["deployments"]) == {"ingress", "experts"}
     for row in [test_rows["shapes"][0], test_rows["notes"][0], test_rows["shapes"][1]]:
