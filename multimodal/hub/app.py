@@ -12,7 +12,6 @@ with ``{"error": "<one line>"}``.
 import asyncio
 import hashlib
 import hmac
-import os
 import time
 from typing import Any
 
@@ -53,7 +52,6 @@ class HubIngress:
         self.specs = {spec_key(spec): spec for spec in self.expert_specs.values()}
         self.key_hash = key_hash
         self.expert_modalities = {e["name"]: e["modalities"] for e in listing}
-        os.environ.setdefault("OMP_NUM_THREADS", "1")
 
     def _authorised(self, request: Request) -> bool:
         if self.key_hash is None:
@@ -130,8 +128,8 @@ def build_app(config: HubConfig, calibrations: dict[str, Calibration], specs: di
     from multimodal.hub.expert import make_expert_deployment
 
     routing = config.routing
-    experts = {e.name: {"model": e.model, "temperature": calibrations[e.name].temperature,
-                        "spec_key": spec_key(specs[e.name])} for e in config.experts}
+    experts = {e.name: {"model": e.model, "temperature": calibrations[e.name].temperature}
+               for e in config.experts}
     if config.pool is not None:
         pool = make_expert_deployment(config.pool.models_per_replica, routing.max_batch_size,
                                       routing.batch_wait_timeout_s)

@@ -10,7 +10,6 @@ the same expert into one ``generate`` call (Serve splits batches by model id).
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 from typing import Any
 
@@ -24,14 +23,13 @@ def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_w
     from ray import serve
 
     class ExpertServer:
-        """``experts``: name -> {"model": URI, "temperature": T, "spec_key": ...}."""
+        """``experts``: name -> {"model": URI, "temperature": T}."""
 
         def __init__(self, experts: dict[str, dict[str, Any]]):
             import torch
 
             torch.set_num_threads(1)
             self.experts = experts
-            self.started = time.time()
 
         @serve.multiplexed(max_num_models_per_replica=models_per_replica)
         async def load(self, name: str):
@@ -69,8 +67,5 @@ def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_w
                        for q in queries]
             return model.generate(**media, prompt_ids=prompts if (not media or any(prompts)) else None,
                                   max_new_tokens=max_new_tokens)
-
-        def check_health(self) -> None:
-            """Serve calls this periodically; a dead replica is replaced by the controller."""
 
     return serve.deployment(ExpertServer)
