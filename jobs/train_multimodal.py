@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="peak learning rate (seed: main.learning_rate)")
     parser.add_argument("--val-every", type=int, help="validate and checkpoint every N steps")
     parser.add_argument("--max-failures", type=int, help="worker-group restarts allowed (-1 = unlimited)")
+    parser.add_argument("--init-from", help="fine-tune: start from an exported model folder or s3:// prefix "
+                        "(its config and tokenizer)")
+    parser.add_argument("--freeze", choices=["encoders", "core", "none"], help="fine-tune: part to keep fixed")
+    parser.add_argument("--lora-rank", type=int, help="fine-tune: LoRA rank on the core's linear layers "
+                        "(merged into plain weights at export)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
@@ -70,7 +75,8 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "name": ("run", "name"), "max_failures": ("run", "max_failures"), "max_steps": ("train", "max_steps"),
         "max_train_minutes": ("train", "max_train_minutes"), "epochs": ("train", "num_epochs"),
         "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
-        "val_every": ("train", "val_every_steps"),
+        "val_every": ("train", "val_every_steps"), "init_from": ("finetune", "init_from"),
+        "freeze": ("finetune", "freeze"), "lora_rank": ("finetune", "lora_rank"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():

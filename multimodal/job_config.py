@@ -104,17 +104,29 @@ class RunSettings(StrictModel):
                                    "preflight waits for the nodes the job needs")
 
 
+class FinetuneSettings(StrictModel):
+    """Start from an exported model (its config and tokenizer); see multimodal/finetune.py."""
+
+    init_from: str | None = Field(None, description="model folder or s3:// prefix from save_pretrained")
+    freeze: Literal["encoders", "core", "none"] = "none"
+    lora_rank: int | None = Field(None, ge=1, description="LoRA on the core's linear layers, merged at export")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scale numerator (default 2 x rank)")
+
+
 class JobConfig(StrictModel):
     model: ModelSettings = Field(default_factory=ModelSettings)
     data: DataSettings = Field(default_factory=DataSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     run: RunSettings = Field(default_factory=RunSettings)
+    finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
     serving: dict[str, str] = Field(default_factory=dict, description="kept, not used: SLM.api_endpoint")
 
     @model_validator(mode="after")
     def _check(self) -> "JobConfig":
         if self.model.preset not in ("tiny", "slm-63m"):
             raise ValueError(f"model.preset: unknown preset {self.model.preset!r}; use tiny or slm-63m")
+        if (self.finetune.freeze != "none" or self.finetune.lora_rank) and not self.finetune.init_from:
+            raise ValueError("finetune: --freeze and --lora-rank need --init-from")
         return self
 
 

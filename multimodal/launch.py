@@ -163,12 +163,14 @@ def storage_estimate(data: TrainData) -> dict[str, Any]:
 def prepare_tokenizer(job: JobConfig, run: str) -> str:
     """The URI of the run's tokenizer: the given one, the run's saved one, or one trained now."""
     from multimodal.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer_from_dataset
+    from multimodal.finetune import base_tokenizer_uri
 
     target = fs.join(run, "tokenizer.json")
     if fs.exists(target):
         return target
-    if job.data.tokenizer:
-        save_tokenizer(load_tokenizer(job.data.tokenizer), target)
+    source = base_tokenizer_uri(job.finetune.init_from) if job.finetune.init_from else job.data.tokenizer
+    if source:
+        save_tokenizer(load_tokenizer(source), target)
     else:
         vocab_size = job.data.vocab_size or job.model.resolve().core.vocab_size
         print(f"training a byte-level BPE tokenizer (vocab <= {vocab_size}) on {job.data.train}", flush=True)
@@ -242,6 +244,19 @@ def _ray_init() -> None:
     ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
 
 
+def _finetune_base_config(job: JobConfig):
+    """The base model's config for a fine-tune (``None`` for a fresh run)."""
+    if not job.finetune.init_from:
+        return None
+    from multimodal.finetune import base_model_config, base_tokenizer_uri
+
+    try:
+        base_tokenizer_uri(job.finetune.init_from)
+        return base_model_config(job.finetune.init_from)
+    except (OSError, ValueError) as exc:
+        raise PreflightError(f"--init-from {str(exc).splitlines()[0]}") from None
+
+
 # --- the run -----------------------------------------------------------------------------
 def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict[str, Any]:
     """Preflight, train with Ray Train, export, and return (and store) the result.
@@ -256,6 +271,7 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
     train_data = describe_data(job.data.train)
     val_data = describe_data(job.data.val, "validation") if job.data.val else None
     check_writable(run)
+    base_cfg = _finetune_base_config(job)
     _ray_init()
     if fs.is_s3(train_data.uri):
         check_cluster_reads(train_data.uri)
@@ -269,7 +285,7 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
                 "steps": total_steps(job, train_data), "cpus_per_worker": job.run.cpus_per_worker,
                 "decode_cpus": job.data.decode_cpus, "data": {"train": train_data.uri, "rows": train_data.rows}}
     try:
-        return _train(job, run, train_data, val_data, started, local_mode)
+        return _train(job, run, train_data, val_data, started, base_cfg, local_mode)
     finally:
         if cluster.get("requested"):
             from multimodal.capacity import release
@@ -278,8 +294,9 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
 
 
 def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData | None,
-           started: float, local_mode: bool = False) -> dict[str, Any]:
-    """Tokenizer, datasets, ``TorchTrainer.fit()``, result: the part after the preflight."""
+           started: float, base_cfg=None, local_mode: bool = False) -> dict[str, Any]:
+    """Tokenizer, datasets, ``TorchTrainer.fit()``, result: the part after the preflight.
+    ``base_cfg``: the base model's config when fine-tuning (``--init-from``)."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -289,7 +306,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
     tokenizer_uri = prepare_tokenizer(job, run)
-    model_cfg = job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
+    model_cfg = base_cfg or job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
     resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
     fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
     previous = latest_checkpoint_metrics(run)

@@ -25,6 +25,7 @@ from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_na
                                    load_checkpoint, load_checkpoint_weights, save_checkpoint, save_rng_state,
                                    write_checkpoint_index)
 from multimodal.config import ModelConfig
+from multimodal.finetune import merged_export, prepare_finetune, trainable_summary
 from multimodal.job_config import JobConfig
 from multimodal.metrics import ALL_MODALITIES, TrainMetrics, gpu_utilization
 from multimodal.run_stop import guard_batches, stopped_result
@@ -170,7 +171,12 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     torch.set_num_threads(max(1, int(job.run.cpus_per_worker or 1)))
 
     # --- model and optimizer --------------------------------------------------------------
-    model = MultimodalSLM(model_cfg).to(device)
+    model = MultimodalSLM(model_cfg)
+    if job.finetune.init_from:  # base weights, frozen part, LoRA (multimodal/finetune.py)
+        model = prepare_finetune(model, job.finetune)
+        if rank == 0:
+            _say(f"fine-tuning from {job.finetune.init_from}: {trainable_summary(model)}")
+    model = model.to(device)
     optimizer = model.configure_optimizer(lr=train.learning_rate, weight_decay=train.weight_decay,
                                           betas=(0.9, 0.95))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -372,10 +378,10 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     if rank != 0:
         return None
     model_uri = fs.join(run_uri, "model")
-    export = MultimodalSLM(model_cfg)
     if best_weights is None and state.best_step is not None:  # the best came before this attempt
         best_weights = load_checkpoint_weights(run_uri, state.best_step)
-    export.load_state_dict(best_weights if best_weights is not None else _unwrap(model).state_dict())
+    export = merged_export(model_cfg, best_weights if best_weights is not None else _unwrap(model).state_dict(),
+                           job.finetune if job.finetune.init_from else None)
     export.save_pretrained(model_uri, tokenizer=load_tokenizer(loop_config["tokenizer_uri"]))
     elapsed = max(state.train_seconds, 1e-9)
     return {

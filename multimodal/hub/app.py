@@ -1,0 +1,158 @@
+"""The hub's HTTP ingress and the Serve application that wires it to the experts.
+
+``POST /v1/generate`` decodes the request once, broadcasts it to every expert, waits for each
+(up to ``routing.expert_timeout_s``) and answers with the most confident one; an expert that fails
+or times out is listed under ``failed`` and the others answer. ``GET /v1/experts`` lists the
+experts with their calibration, ``GET /healthz`` says the ingress is up. Every refusal is a 4xx
+with ``{"error": "<one line>"}``.
+"""
+
+# no ``from __future__ import annotations`` here: FastAPI must see ``Request`` as a class
+
+import asyncio
+import hashlib
+import hmac
+import time
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from multimodal.config import MediaSpec
+from multimodal.hub.calibration import Calibration
+from multimodal.hub.config import HubConfig
+from multimodal.hub.requests import BadRequest, decode_query, parse_body, spec_key
+from multimodal.hub.router import ExpertAnswer, candidates, choose
+
+API_KEY_HEADER = "x-api-key"
+api = FastAPI(title="SLM hub", docs_url=None, redoc_url=None, openapi_url=None)
+
+
+def _error(status: int, reason: str) -> JSONResponse:
+    return JSONResponse({"error": reason}, status_code=status)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__
+
+
+@serve.deployment(name="ingress")
+@serve.ingress(api)
+class HubIngress:
+    """The HTTP front: limits, API key, decoding, broadcast, choice."""
+
+    def __init__(self, handles: dict[str, Any], listing: list[dict[str, Any]],
+                 specs: dict[str, dict[str, Any]], config: dict[str, Any], key_hash: str | None):
+        self.handles = handles
+        self.listing = listing
+        self.config = HubConfig.model_validate(config)
+        self.expert_specs = {name: MediaSpec.model_validate(spec) for name, spec in specs.items()}
+        self.specs = {spec_key(spec): spec for spec in self.expert_specs.values()}
+        self.key_hash = key_hash
+        self.expert_modalities = {e["name"]: e["modalities"] for e in listing}
+
+    def _authorised(self, request: Request) -> bool:
+        if self.key_hash is None:
+            return True
+        given = request.headers.get(API_KEY_HEADER, "")
+        return hmac.compare_digest(hashlib.sha256(given.encode()).hexdigest(), self.key_hash)
+
+    async def _body(self, request: Request) -> bytes:
+        limit = self.config.server.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise BadRequest(413, f"body of {int(declared)} bytes is over the limit of {limit}")
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise BadRequest(413, f"body over the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    @api.get("/healthz")
+    async def healthz(self) -> dict[str, Any]:
+        return {"status": "ok", "experts": len(self.listing)}
+
+    @api.get("/v1/experts")
+    async def experts(self, request: Request):
+        if not self._authorised(request):
+            return _error(401, f"missing or wrong API key (header {API_KEY_HEADER})")
+        return {"experts": self.listing, "threshold": self.config.routing.threshold}
+
+    @api.post("/v1/generate")
+    async def generate(self, request: Request):
+        started = time.perf_counter()
+        if not self._authorised(request):
+            return _error(401, f"missing or wrong API key (header {API_KEY_HEADER})")
+        try:
+            body = parse_body(await self._body(request), self.config.server.max_new_tokens)
+            query = await asyncio.get_running_loop().run_in_executor(
+                None, decode_query, body, self.specs)
+        except BadRequest as exc:
+            return _error(exc.status, exc.reason)
+        asked = candidates(query.modalities, self.expert_modalities, self.config.routing.prefilter)
+        answers, failed = await self._broadcast(query, asked)
+        response = choose(answers, failed, self.config.routing.threshold,
+                          (time.perf_counter() - started) * 1000,
+                          skipped=[n for n in self.handles if n not in asked])
+        return JSONResponse(response, status_code=200 if answers else 503)
+
+    async def _broadcast(self, query, names: list[str]) -> tuple[dict[str, ExpertAnswer], dict[str, str]]:
+        calls = [self._ask(name, {"prompt": query.prompt, "max_new_tokens": query.max_new_tokens,
+                                  "media": query.for_spec(spec_key(self.expert_specs[name]))})
+                 for name in names]
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        answers, failed = {}, {}
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                failed[name] = _first_line(result)
+            else:
+                answers[name] = ExpertAnswer(result["text"], result["mean_logprob"], result["confidence"])
+        return answers, failed
+
+    async def _ask(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:
+        response = self.handles[name].options(multiplexed_model_id=name).generate.remote(payload)
+        try:
+            return await asyncio.wait_for(response, timeout=self.config.routing.expert_timeout_s)
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise TimeoutError(f"no answer within {self.config.routing.expert_timeout_s:g}s") from None
+
+
+def build_app(config: HubConfig, calibrations: dict[str, Calibration], specs: dict[str, MediaSpec],
+              api_key: str | None = None):
+    """The Serve application: the ingress bound to the expert deployments (or to one pool)."""
+    from multimodal.hub.expert import make_expert_deployment
+
+    routing = config.routing
+    experts = {e.name: {"model": e.model, "temperature": calibrations[e.name].temperature}
+               for e in config.experts}
+    if config.pool is not None:
+        pool = make_expert_deployment(config.pool.models_per_replica, routing.max_batch_size,
+                                      routing.batch_wait_timeout_s)
+        bound = pool.options(name="experts", num_replicas=config.pool.replicas,
+                             ray_actor_options={"num_cpus": config.pool.num_cpus}).bind(experts)
+        handles = {name: bound for name in experts}
+    else:
+        deployment = make_expert_deployment(1, routing.max_batch_size, routing.batch_wait_timeout_s)
+        handles = {}
+        for expert in config.experts:
+            scaling: dict[str, Any] = (
+                {"autoscaling_config": expert.autoscaling.model_dump()} if expert.autoscaling
+                else {"num_replicas": expert.replicas})
+            handles[expert.name] = deployment.options(
+                name=f"expert-{expert.name}", max_ongoing_requests=4 * routing.max_batch_size,
+                ray_actor_options={"num_cpus": expert.num_cpus, "num_gpus": expert.num_gpus},
+                **scaling).bind({expert.name: experts[expert.name]})
+    listing = [{"name": e.name, "model": e.model, "calibration": calibrations[e.name].to_dict(),
+                "modalities": e.modalities if e.modalities is not None else calibrations[e.name].modalities}
+               for e in config.experts]
+    key_hash = hashlib.sha256(api_key.encode()).hexdigest() if api_key else None
+    ingress = HubIngress.options(
+        num_replicas=config.server.ingress_replicas,
+        ray_actor_options={"num_cpus": config.server.ingress_num_cpus})
+    return ingress.bind(handles, listing, {n: s.model_dump() for n, s in specs.items()},
+                        config.model_dump(mode="json"), key_hash)

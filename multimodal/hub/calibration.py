@@ -1,0 +1,173 @@
+"""Confidence that compares across experts: a per-expert temperature on the length-normalised
+log-probability, fitted on the expert's validation split when it is registered.
+
+An expert's raw score for an answer is ``mean_logprob`` (mean log p per generated token, <= 0);
+its confidence is ``exp(mean_logprob / T)``, read as "the probability that the answer is right".
+``T`` minimises the binary cross-entropy between that confidence and exact-match correctness on
+the validation samples (a mixed split: the expert should be sure on its own domain and unsure on
+the others). ``T = 1`` is the raw geometric-mean token probability. The fit is stored as
+``calibration.json`` beside the model's weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator
+
+import numpy as np
+
+from multimodal import fs
+
+CALIBRATION_FILE = "calibration.json"
+MIN_GROUP_ACCURACY = 0.25  # an expert is competent on a media group where it is right this often
+TEMPERATURES = np.exp(np.linspace(math.log(0.02), math.log(50.0), 400))
+
+
+@dataclass
+class Outcome:
+    """One validation sample answered by one expert."""
+
+    group: str  # image, audio, video, multi (evaluation.modality_group)
+    reference: str
+    text: str
+    mean_logprob: float
+
+    @property
+    def correct(self) -> bool:
+        return self.text.strip().lower() == self.reference.strip().lower()
+
+
+@dataclass
+class Calibration:
+    temperature: float = 1.0
+    samples: int = 0
+    accuracy: float | None = None
+    ece_before: float | None = None  # expected calibration error of exp(mean_logprob)
+    ece_after: float | None = None  # ... of exp(mean_logprob / temperature)
+    accuracy_by_group: dict[str, float] = field(default_factory=dict)
+    modalities: list[str] | None = None  # media groups it answers well (None: not measured)
+    validation: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def confidence(mean_logprob: float | np.ndarray, temperature: float) -> float | np.ndarray:
+    """``exp(mean_logprob / temperature)`` in [0, 1]."""
+    return np.exp(np.minimum(np.asarray(mean_logprob, dtype=np.float64), 0.0) / temperature)
+
+
+def expected_calibration_error(confidences: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Sample-weighted mean |accuracy - confidence| over equal-width confidence bins."""
+    confidences, correct = np.asarray(confidences, float), np.asarray(correct, float)
+    if confidences.size == 0:
+        return 0.0
+    index = np.minimum((confidences * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        chosen = index == b
+        if chosen.any():
+            error += chosen.mean() * abs(correct[chosen].mean() - confidences[chosen].mean())
+    return float(error)
+
+
+def fit_temperature(mean_logprobs: np.ndarray, correct: np.ndarray) -> float:
+    """The temperature (on a log grid, 0.02 .. 50) with the lowest binary cross-entropy."""
+    logprobs = np.minimum(np.asarray(mean_logprobs, float), 0.0)
+    labels = np.asarray(correct, float)
+    if logprobs.size == 0:
+        return 1.0
+    probs = np.clip(np.exp(logprobs[None, :] / TEMPERATURES[:, None]), 1e-6, 1 - 1e-6)
+    losses = -(labels * np.log(probs) + (1 - labels) * np.log(1 - probs)).mean(axis=1)
+    return float(TEMPERATURES[int(np.argmin(losses))])
+
+
+def calibrate(outcomes: list[Outcome], validation: str | None = None,
+              min_group_accuracy: float = MIN_GROUP_ACCURACY) -> Calibration:
+    """Fit the temperature on ``outcomes``, report the calibration error before and after, and
+    the media groups the expert is competent on (exact match >= ``min_group_accuracy``)."""
+    if not outcomes:
+        return Calibration(validation=validation)
+    logprobs = np.array([o.mean_logprob for o in outcomes])
+    correct = np.array([o.correct for o in outcomes])
+    temperature = fit_temperature(logprobs, correct)
+    by_group: dict[str, list[bool]] = defaultdict(list)
+    for outcome in outcomes:
+        by_group[outcome.group].append(outcome.correct)
+    accuracy_by_group = {group: float(np.mean(hits)) for group, hits in sorted(by_group.items())}
+    return Calibration(
+        accuracy_by_group=accuracy_by_group,
+        modalities=[g for g, a in accuracy_by_group.items() if a >= min_group_accuracy],
+        temperature=temperature, samples=len(outcomes), accuracy=float(correct.mean()),
+        ece_before=expected_calibration_error(confidence(logprobs, 1.0), correct),
+        ece_after=expected_calibration_error(confidence(logprobs, temperature), correct),
+        validation=validation)
+
+
+def generate_on_shards(model, data_uri: str, max_samples: int | None = None, batch_size: int = 32,
+                       max_new_tokens: int | None = None) -> Iterator[Outcome]:
+    """Greedy captions from the media of every sample that has media (text-only rows skipped)."""
+    import torch
+
+    from multimodal.batch import MODALITIES, present_key
+    from multimodal.data import schema
+    from multimodal.data.pipeline import SampleProcessor
+    from multimodal.evaluation import iter_shard_batches, modality_group
+
+    summary = schema.read_summary(data_uri)
+    if summary is None:
+        raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards first")
+    processor = SampleProcessor(model.cfg.media, model.tokenizer, summary.shard_names,
+                                max_consecutive_failures=10**9, torch_threads=None)
+    for rows in iter_shard_batches(data_uri, summary, batch_size, max_samples):
+        arrays = processor.process_rows(rows)
+        valid = arrays["sample_valid"]
+        texts = [row.get("text") or "" for row, ok in zip(rows, valid) if ok]
+        combos: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        kept = np.flatnonzero(valid)
+        for i, row_index in enumerate(kept):
+            combo = tuple(m for m in MODALITIES if arrays[present_key(m)][row_index])
+            if combo:
+                combos[combo].append(i)
+        for combo, indices in combos.items():
+            media = {m: torch.from_numpy(np.ascontiguousarray(arrays[m][kept[indices]])) for m in combo}
+            generations = model.generate(**media, max_new_tokens=max_new_tokens or model.cfg.media.max_text_tokens)
+            for i, generation in zip(indices, generations):
+                group = modality_group({m: m in combo for m in MODALITIES})
+                yield Outcome(group, texts[i], (generation.text or "").strip(), generation.mean_logprob)
+
+
+def calibration_uri(model_uri: str) -> str:
+    return fs.join(model_uri, CALIBRATION_FILE)
+
+
+def load_calibration(model_uri: str) -> Calibration | None:
+    """The stored calibration of the model at ``model_uri``, if any."""
+    uri = calibration_uri(model_uri)
+    if not fs.exists(uri):
+        return None
+    return Calibration(**json.loads(fs.read_bytes(uri)))
+
+
+def store_calibration(model_uri: str, calibration: Calibration) -> None:
+    fs.write_bytes_atomic(calibration_uri(model_uri), json.dumps(calibration.to_dict(), indent=1).encode())
+
+
+def register_expert(model_uri: str, validation: str | None, max_samples: int | None = 400,
+                    refit: bool = False) -> Calibration:
+    """The expert's calibration: the stored one, else fitted on ``validation`` and stored
+    (no validation data: temperature 1, not stored)."""
+    stored = None if refit else load_calibration(model_uri)
+    if stored is not None:
+        return stored
+    if not validation:
+        return Calibration()
+    from multimodal.model import MultimodalSLM
+
+    model = MultimodalSLM.from_pretrained(model_uri)
+    calibration = calibrate(list(generate_on_shards(model, validation, max_samples)), validation)
+    store_calibration(model_uri, calibration)
+    return calibration

@@ -1,0 +1,71 @@
+"""The Serve deployment that holds expert models and answers queries with them.
+
+One class serves both layouts: a deployment per expert (it holds one model), or one pool
+deployment for all experts, multiplexed (``@serve.multiplexed``: each replica keeps the
+``models_per_replica`` most recently used experts and Serve routes a request to a replica that
+already has its expert loaded). Either way the caller names the expert with
+``handle.options(multiplexed_model_id=name)``. ``@serve.batch`` gathers concurrent requests for
+the same expert into one ``generate`` call (Serve splits batches by model id).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+import numpy as np
+
+from multimodal.hub.calibration import confidence
+
+
+def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_wait_timeout_s: float):
+    """The deployment class, with the multiplexing and batching limits baked in."""
+    from ray import serve
+
+    class ExpertServer:
+        """``experts``: name -> {"model": URI, "temperature": T}."""
+
+        def __init__(self, experts: dict[str, dict[str, Any]]):
+            import torch
+
+            torch.set_num_threads(1)
+            self.experts = experts
+
+        @serve.multiplexed(max_num_models_per_replica=models_per_replica)
+        async def load(self, name: str):
+            from multimodal.model import MultimodalSLM
+
+            if name not in self.experts:
+                raise KeyError(f"unknown expert {name!r}")
+            return MultimodalSLM.from_pretrained(self.experts[name]["model"])
+
+        @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
+        async def generate(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            """Answer a batch of queries for one expert (Serve groups a batch by model id)."""
+            name = serve.get_multiplexed_model_id()
+            model = await self.load(name)
+            temperature = float(self.experts[name]["temperature"])
+            groups: dict[tuple, list[int]] = defaultdict(list)
+            for index, query in enumerate(queries):
+                groups[(tuple(sorted(query["media"])), query["max_new_tokens"])].append(index)
+            results: list[dict[str, Any] | None] = [None] * len(queries)
+            for (modalities, max_new_tokens), indices in groups.items():
+                generations = self._generate(model, [queries[i] for i in indices], modalities, max_new_tokens)
+                for index, generation in zip(indices, generations):
+                    results[index] = {"text": (generation.text or "").strip(),
+                                      "mean_logprob": generation.mean_logprob,
+                                      "confidence": float(confidence(generation.mean_logprob, temperature)),
+                                      "batch_size": len(queries)}
+            return results
+
+        @staticmethod
+        def _generate(model, queries, modalities, max_new_tokens):
+            import torch
+
+            media = {m: torch.from_numpy(np.stack([q["media"][m] for q in queries])) for m in modalities}
+            prompts = [model.tokenizer.encode(q["prompt"], add_special_tokens=False).ids if q["prompt"] else []
+                       for q in queries]
+            return model.generate(**media, prompt_ids=prompts if (not media or any(prompts)) else None,
+                                  max_new_tokens=max_new_tokens)
+
+    return serve.deployment(ExpertServer)
