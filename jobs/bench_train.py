@@ -79,17 +79,27 @@ def run_once(mode: str, repeat: int, shards: str, tokenizer: str, workdir: Path,
                 "cpus_per_worker": 1.0, "max_failures": 0},
     })
     result = run(job, local_mode=mode == "plain")
-    windows = result["tokens_per_second_windows"]
+    windows = result["throughput_windows"]
     steady = windows[args.warmup_windows:] or windows
-    return {"mode": mode, "repeat": repeat, "steady_tokens_per_s": statistics.median(steady),
+    return {"mode": mode, "repeat": repeat,
+            "steady_tokens_per_s": statistics.median(w["tokens_per_s"] for w in steady),
+            "steady_data_wait": statistics.median(w["data_wait"] for w in steady),
+            # tokens/s while not waiting for a batch: the step itself
+            "steady_compute_tokens_per_s": statistics.median(w["tokens_per_s"] / max(1e-6, 1 - w["data_wait"])
+                                                             for w in steady),
             "windows": windows, "steps": result["steps"], "train_seconds": round(result["train_seconds"], 1)}
 
 
 def summarize(runs: list[dict]) -> dict:
     """Median steady tokens/s per side and Ray Train's overhead relative to the plain process."""
-    medians = {m: statistics.median(r["steady_tokens_per_s"] for r in runs if r["mode"] == m) for m in MODES}
+    def median(key: str, mode: str) -> float:
+        return statistics.median(r[key] for r in runs if r["mode"] == mode)
+
+    medians = {m: median("steady_tokens_per_s", m) for m in MODES}
     overhead = 1 - medians["ray_train"] / medians["plain"]
     return {"tokens_per_s": {m: round(v, 1) for m, v in medians.items()},
+            "data_wait": {m: round(median("steady_data_wait", m), 3) for m in MODES},
+            "compute_tokens_per_s": {m: round(median("steady_compute_tokens_per_s", m), 1) for m in MODES},
             "ray_train_overhead_percent": round(100 * overhead, 1), "runs": runs,
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
@@ -125,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(summary))
         return 0
-    print(f"{'side':<10} {'tokens/s (median steady)':>26}")
+    print(f"{'side':<10} {'tokens/s (median steady)':>26} {'data wait':>10} {'tokens/s not waiting':>21}")
     for mode in MODES:
-        print(f"{mode:<10} {summary['tokens_per_s'][mode]:>26,.1f}")
+        print(f"{mode:<10} {summary['tokens_per_s'][mode]:>26,.1f} {100 * summary['data_wait'][mode]:>9.1f}% "
+              f"{summary['compute_tokens_per_s'][mode]:>21,.1f}")
     print(f"Ray Train overhead: {summary['ray_train_overhead_percent']:.1f}% "
           f"(load average {summary['load_average']})")
     return 0

@@ -272,7 +272,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     last_checkpoint_step = state.step if checkpoint is not None else -1
     window_tokens, window_seconds, window_wait, window_samples = 0, 0.0, 0.0, 0
     tokens_per_s = 0.0
-    window_rates: list[float] = []  # tokens/s of each logging window (steady state: the later ones)
+    windows: list[dict[str, float]] = []  # tokens/s and data wait of each logging window
     accumulated = 0
     last_batch: dict[str, torch.Tensor] | None = None
     ddp = hasattr(model, "no_sync")
@@ -331,8 +331,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
 
             if state.step % train.log_every_steps == 0:
                 tokens_per_s = window_tokens * world / max(window_seconds, 1e-9)
-                window_rates.append(round(tokens_per_s, 2))
                 wait_fraction = window_wait / max(window_seconds, 1e-9)
+                windows.append({"tokens_per_s": round(tokens_per_s, 1), "data_wait": round(wait_fraction, 3)})
                 metrics.record_step(step=state.step, loss=state.last_train_loss, learning_rate=lr,
                                     tokens_per_second=tokens_per_s, data_wait_fraction=wait_fraction,
                                     gpu_utilization=gpu_utilization())
@@ -397,7 +397,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "dropped_samples": state.dropped_samples,
         "tokens_seen": state.tokens_seen,
         "tokens_per_second": state.tokens_seen / elapsed,
-        "tokens_per_second_windows": window_rates,
+        "throughput_windows": windows,
         "train_seconds": state.train_seconds,
         "resumed": bool(state.resumed_from_steps),
         "resumed_from_steps": state.resumed_from_steps,
