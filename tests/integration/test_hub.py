@@ -144,9 +144,21 @@ def test_a_killed_expert_replica_is_reported_and_replaced(hub, ray_cluster):
         actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
         return [a.name for a in actors if "expert-notes" in (a.class_name or "")]
 
+    from ray.util.placement_group import placement_group, remove_placement_group
+
     [victim] = notes_replicas()
-    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-    status, answer = call(url, "/v1/generate", {"prompt": "a", "max_new_tokens": 3})
+    # hold every free CPU, so Serve cannot start the replacement before the request times out
+    # (on a quiet machine a new replica is up in a few seconds, sooner than the expert timeout)
+    free = ray.available_resources().get("CPU", 0.0)
+    hold = placement_group([{"CPU": free}]) if free > 0 else None
+    try:
+        if hold is not None:
+            ray.get(hold.ready(), timeout=60)
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        status, answer = call(url, "/v1/generate", {"prompt": "a", "max_new_tokens": 3})
+    finally:
+        if hold is not None:
+            remove_placement_group(hold)
     assert status == 200, answer
     assert "notes" in answer["failed"] and "shapes" in answer["scores"], answer
 
