@@ -62,7 +62,7 @@ def export_onnx(model: nn.Module) -> bytes:
     dynamic = {name: {0: batch_dim} for name in INPUT_NAMES}
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad():
         path = os.path.join(tmp, "model.onnx")
-        program = torch.onnx.export(LogitsGraph(model), tuple(inputs.values()), dynamo=True,
+        program = torch.onnx.export(LogitsGraph(model).eval(), tuple(inputs.values()), dynamo=True,
                                     input_names=list(INPUT_NAMES), output_names=["logits"],
                                     dynamic_shapes=dynamic, optimize=True, verbose=False)
         program.save(path, external_data=False)
