@@ -46,6 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr", type=float, help="peak learning rate (seed: main.learning_rate)")
     parser.add_argument("--val-every", type=int, help="validate and checkpoint every N steps")
     parser.add_argument("--max-failures", type=int, help="worker-group restarts allowed (-1 = unlimited)")
+    parser.add_argument("--teacher", help="distill from this model (save_pretrained URI, same tokenizer)")
+    parser.add_argument("--distill-alpha", type=float, help="soft-target weight (default 0.5; 1 = no labels)")
+    parser.add_argument("--distill-temperature", type=float, help="distillation temperature (default 2)")
+    parser.add_argument("--early-exit-loss", type=float, help="LayerSkip-style exit loss weight (default 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
@@ -60,7 +64,9 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "name": ("run", "name"), "max_failures": ("run", "max_failures"), "max_steps": ("train", "max_steps"),
         "max_train_minutes": ("train", "max_train_minutes"), "epochs": ("train", "num_epochs"),
         "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
-        "val_every": ("train", "val_every_steps"),
+        "val_every": ("train", "val_every_steps"), "teacher": ("train", "teacher"),
+        "distill_alpha": ("train", "distill_alpha"), "distill_temperature": ("train", "distill_temperature"),
+        "early_exit_loss": ("train", "early_exit_loss"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():

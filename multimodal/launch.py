@@ -207,6 +207,12 @@ def run(job: JobConfig) -> dict[str, Any]:
     from multimodal.data.tokenizer import load_tokenizer
 
     model_cfg = job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
+    from multimodal.compress.distill import check_teacher
+
+    try:
+        check_teacher(job.train.teacher, load_tokenizer(tokenizer_uri), model_cfg.core.vocab_size)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
     resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
     fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
     previous = latest_checkpoint_metrics(run)
