@@ -12,7 +12,9 @@ important ones:
   ``down_proj``) over a few calibration batches: channels that are large *and* used survive.
 
 ``prune_ratio`` is the fraction of the core layers' parameters (attention + FFN + norms) to
-remove; only FFN channels are removed, so at most the FFN share (about 2/3) can go.
+remove; only FFN channels are removed, so at most the FFN share (about 2/3) can go. The kept
+count is rounded to a multiple of 16 (``CHANNEL_MULTIPLE``; the int8 CPU kernel needs it), so the
+ratio achieved is within 8 channels per layer of the one asked.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from torch import nn
 
 METHODS = ("magnitude", "wanda")
 MIN_CHANNELS = 8
+CHANNEL_MULTIPLE = 16  # kept channels per layer: a multiple of 16 (the int8 CPU kernel needs it)
 
 
 def core_layer_parameters(model: nn.Module) -> int:
@@ -37,8 +40,8 @@ def channels_to_keep(model: nn.Module, prune_ratio: float) -> int:
         raise ValueError(f"prune ratio must be in [0, 1), got {prune_ratio}")
     core = model.cfg.core
     per_channel = 3 * core.hidden_size * core.num_layers
-    remove = round(prune_ratio * core_layer_parameters(model) / per_channel)
-    keep = core.intermediate_size - remove
+    remove = prune_ratio * core_layer_parameters(model) / per_channel
+    keep = int(round((core.intermediate_size - remove) / CHANNEL_MULTIPLE)) * CHANNEL_MULTIPLE
     if keep < MIN_CHANNELS:
         most = (core.intermediate_size - MIN_CHANNELS) * per_channel / core_layer_parameters(model)
         raise ValueError(f"prune ratio {prune_ratio} would leave {keep} FFN channels per layer; "
