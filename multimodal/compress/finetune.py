@@ -57,7 +57,7 @@ def finetune(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], steps
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if log_every and (step + 1) % log_every == 0:
             print(f"  step {step + 1}/{steps} loss {losses[-1]:.4f} "
                   f"({time.monotonic() - started:.0f}s)", file=sys.stderr, flush=True)

@@ -160,3 +160,14 @@ def test_teacher_with_another_tokenizer_is_one_clear_error(tmp_path):
         check_teacher(str(tmp_path / "teacher"), other, VOCAB)
     with pytest.raises(ValueError, match="vocab"):
         check_teacher(str(tmp_path / "teacher"), make_tokenizer(), VOCAB + 1)
+
+
+def test_finetune_with_exit_loss_and_a_teacher_lowers_the_loss():
+    from multimodal.compress.finetune import finetune
+
+    teacher, model = tiny(2, seed=0), tiny(2, seed=1)
+    batches = [make_batch(model.cfg, batch_size=4, seed=s) for s in range(2)]
+    losses = finetune(model, batches, steps=30, lr=3e-3, teacher=teacher, alpha=0.5,
+                      exit_weight=0.5, warmup=5)
+    assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]
+    assert not model.training
