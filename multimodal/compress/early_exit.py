@@ -25,7 +25,7 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from multimodal.batch import EOS_ID, IGNORE_INDEX, MODALITIES, PAD_ID
+from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, PAD_ID
 from multimodal.model import Generation, attention_mask_4d, text_loss
 
 
@@ -93,8 +93,6 @@ def _propagate_kv(model: nn.Module, hidden: torch.Tensor, layers: range, cache: 
 def generate_early_exit(model: nn.Module, threshold: float = 0.9, min_layer: int = 1,
                         max_new_tokens: int = 32, **media: torch.Tensor) -> EarlyExitResult:
     """Greedy captions from ``media`` (image/audio/video tensors) with per-token early exit."""
-    from multimodal.batch import BOS_ID
-
     model.eval()
     core = model.core
     num_layers = len(core.layers)
@@ -144,6 +142,3 @@ def generate_early_exit(model: nn.Module, threshold: float = 0.9, min_layer: int
                                      torch.stack(alive, 1))
     counted = [d for d, a in zip(depths, alive) for _ in range(int(a.sum()))]
     return EarlyExitResult(generations, sum(counted) / max(len(counted), 1), num_layers)
-
-
-__all__ = ["early_exit_loss", "generate_early_exit", "EarlyExitResult", "IGNORE_INDEX"]

@@ -4,12 +4,13 @@ runtime, ONNX parity and the CLI's round trip through from_pretrained (no pickle
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import safetensors
 import torch
 
-from multimodal.compress import cli, prune, quantize, share, storage
+from multimodal.compress import cli, prune, quantize, storage
 from multimodal.compress.int8_runtime import Int8Linear, int8_weight_only
 from multimodal.config import preset
 from multimodal.model import WEIGHTS_FILE, MultimodalSLM
@@ -53,17 +54,12 @@ def logits(model, batch):
         return model(batch).logits
 
 
-def weights_size(uri) -> int:
-    return (tmp_path_of(uri) / WEIGHTS_FILE).stat().st_size
+def weights_size(folder: str) -> int:
+    return (Path(folder) / WEIGHTS_FILE).stat().st_size
 
 
-def tmp_path_of(uri):
-    from pathlib import Path
-    return Path(uri)
-
-
-def stored_keys(uri) -> list[str]:
-    with safetensors.safe_open(str(tmp_path_of(uri) / WEIGHTS_FILE), "pt") as handle:
+def stored_keys(folder: str) -> list[str]:
+    with safetensors.safe_open(str(Path(folder) / WEIGHTS_FILE), "pt") as handle:
         return list(handle.keys())
 
 
