@@ -208,6 +208,23 @@ def latency(runner, samples: list[dict], max_new_tokens: int, warmup: int = 2) -
             "latency_p90_ms": round(percentile(times, 0.9), 2)}
 
 
+def interleaved_latency(runners: dict[str, Any], samples: list[dict], max_new_tokens: int,
+                        warmup: int = 2) -> dict[str, dict[str, float]]:
+    """``latency`` for several runners in one round-robin loop (each sample goes through every
+    runner before the next sample), so a shared machine's load drifts hit every row alike."""
+    for media in samples[:warmup]:
+        for runner in runners.values():
+            runner.generate(media, max_new_tokens)
+    times: dict[str, list[float]] = {name: [] for name in runners}
+    for media in samples:
+        for name, runner in runners.items():
+            started = time.perf_counter()
+            runner.generate(media, max_new_tokens)
+            times[name].append(1000 * (time.perf_counter() - started))
+    return {name: {"latency_p50_ms": round(percentile(t, 0.5), 2),
+                   "latency_p90_ms": round(percentile(t, 0.9), 2)} for name, t in times.items()}
+
+
 def throughput(runner, media: dict, max_new_tokens: int, repeats: int = 3) -> float:
     """Samples/s of batch generation (median of ``repeats`` after one warm-up; no warm-up
     with a single repeat, for the slow rows)."""
@@ -298,12 +315,13 @@ class Bench:
     def measure(self, model_name: str, technique: str, runner, model_dir: str, kind: str,
                 samples: list[dict], batch32: dict, max_new_tokens: int,
                 quality_batches: list | None, extra: dict | None = None,
-                throughput_repeats: int = 3) -> dict[str, Any]:
+                throughput_repeats: int = 3, measured_latency: dict | None = None
+                ) -> dict[str, Any]:
         from multimodal.compress.report import file_bytes
 
         say(f"[{model_name}] {technique}: measuring")
         row: dict[str, Any] = {"model": model_name, "technique": technique}
-        row.update(latency(runner, samples, max_new_tokens))
+        row.update(measured_latency or latency(runner, samples, max_new_tokens))
         row["throughput_b32"] = throughput(runner, batch32, max_new_tokens, throughput_repeats)
         row.update(probe_rss(kind, model_dir, self.args.threads, max_new_tokens))
         weights = ("model.int8.onnx" if kind == "ort-int8" else
@@ -438,12 +456,7 @@ def trained_rows(bench: Bench, data: Data) -> None:
     exits_dir = save(exits, out / "early-exit", data.tokenizer)
     row(f"exit-loss fine-tune ({args.exit_steps} steps), full depth", TorchRunner(exits),
         exits_dir, "torch", {"params": params(exits), "train_s": seconds})
-    for threshold in args.exit_thresholds:
-        runner = EarlyExitRunner(exits, threshold)
-        result = row(f"early exit, confidence >= {threshold}", runner, exits_dir, "torch",
-                     {"params": params(exits)})
-        result["average_depth"] = round(statistics.mean(runner.depths), 3)
-        result["layers"] = exits.cfg.core.num_layers
+    early_exit_rows(bench, exits, exits_dir, data.val_batches, samples, batch32, new_tokens)
 
     # distillation ----------------------------------------------------------------------------
     student_core = {"num_layers": 1, "intermediate_size": 176}
@@ -471,8 +484,45 @@ def trained_rows(bench: Bench, data: Data) -> None:
         best_dir, "int8", {"params": params(best), "train_s": seconds})
 
 
+def early_exit_rows(bench: Bench, model, model_dir: str, val_batches: list, samples: list[dict],
+                    batch32: dict, max_new_tokens: int) -> None:
+    """Early exit at each ``--exit-thresholds`` value against the same model at full depth:
+    batch-1 latencies in one interleaved loop, then quality and the average depth used."""
+    runners: dict[str, Any] = {"full depth (same model)": TorchRunner(model)}
+    for threshold in bench.args.exit_thresholds:
+        runners[f"early exit, confidence >= {threshold}"] = EarlyExitRunner(model, threshold)
+    latencies = interleaved_latency(runners, samples, max_new_tokens)
+    for name, runner in runners.items():
+        if isinstance(runner, EarlyExitRunner):
+            runner.depths.clear()
+        row = bench.measure("tiny (trained)", name, runner, model_dir, "torch", samples, batch32,
+                            max_new_tokens, val_batches, {"params": params(model)},
+                            measured_latency=latencies[name])
+        depths = getattr(runner, "depths", None)
+        row["average_depth"] = (round(statistics.mean(depths), 3) if depths
+                                else model.cfg.core.num_layers)
+        say(f"  average depth {row['average_depth']} of {model.cfg.core.num_layers} layers")
+
+
+def early_exit_only(bench: Bench, model_dir: str) -> None:
+    """``--early-exit-model DIR``: the early-exit rows for an exit-trained model saved by an
+    earlier run (validation shards from ``--out``/shards/val)."""
+    import torch
+
+    from multimodal.compress.calibration import calibration_batches
+    from multimodal.model import MultimodalSLM
+
+    model = MultimodalSLM.from_pretrained(model_dir)
+    val = calibration_batches(model, str(bench.out / "shards" / "val"), 10**6, 32)
+    image_rows = torch.cat([b["image"][b["image_present"]] for b in val])
+    samples = [{"image": image_rows[i:i + 1]} for i in range(min(bench.args.reps, len(image_rows)))]
+    early_exit_rows(bench, model, model_dir, val, samples, {"image": image_rows[:32]},
+                    model.cfg.media.max_text_tokens - 1)
+
+
 def slm63m_rows(bench: Bench) -> None:
-    """Latency, throughput, memory and size of ``slm-63m`` (random weights) per technique."""
+    """Latency, throughput, memory and size of ``slm-63m`` (random weights) per technique; the
+    batch-1 latencies of all rows are taken in one interleaved loop."""
     import torch
 
     from multimodal.compress.int8_runtime import load_int8_model, torchao_int8
@@ -489,37 +539,42 @@ def slm63m_rows(bench: Bench) -> None:
     size = cfg.media.image_size
     images = torch.randn(32, 3, size, size, generator=gen)
     samples = [{"image": images[i:i + 1]} for i in range(args.reps_63m)]
-    batch32 = {"image": images}
-
-    def row(technique, runner, model_dir, kind, model_for_params):
-        return bench.measure("slm-63m", technique, runner, model_dir, kind, samples, batch32,
-                             SLM_NEW_TOKENS, None, {"params": params(model_for_params)},
-                             throughput_repeats=1 if kind.startswith("ort") else 3)
-
-    row("fp32 (PyTorch)", TorchRunner(model), fp32_dir, "torch", model)
+    text_len = cfg.media.max_text_tokens
     int8_dir = compress_cli(fp32_dir, out / "int8", "--quantize", "int8")
-    row("int8 weight-only (aten kernel)", TorchRunner(load_int8_model(int8_dir)), int8_dir, "int8",
-        model)
-    row("int8 dynamic (torchao)", TorchRunner(torchao_int8(MultimodalSLM.from_pretrained(fp32_dir))),
-        fp32_dir, "torchao", model)
-    if not args.skip_onnx_63m:
-        export_ort(model, fp32_dir)
-        row("fp32 (ONNX Runtime, no KV cache)", OrtRunner(str(Path(fp32_dir, "model.onnx")),
-                                                          cfg.media.max_text_tokens, args.threads),
-            fp32_dir, "ort", model)
-        row("int8 dynamic (ONNX Runtime, no KV cache)",
-            OrtRunner(str(Path(fp32_dir, "model.int8.onnx")), cfg.media.max_text_tokens,
-                      args.threads), fp32_dir, "ort-int8", model)
     pruned_dir = compress_cli(fp32_dir, out / "pruned", "--prune-ratio", "0.3")
-    pruned = MultimodalSLM.from_pretrained(pruned_dir)
-    row("prune 30% FFN", TorchRunner(pruned), pruned_dir, "torch", pruned)
     shared_dir = compress_cli(fp32_dir, out / "tied-shared", "--tie-embeddings", "--share-layers")
-    shared = MultimodalSLM.from_pretrained(shared_dir)
-    row("tie embeddings + share layers", TorchRunner(shared), shared_dir, "torch", shared)
     best_dir = compress_cli(fp32_dir, out / "best", "--prune-ratio", "0.3", "--tie-embeddings",
                             "--quantize", "int8")
-    row("prune 30% + tie + int8 weight-only", TorchRunner(load_int8_model(best_dir)), best_dir,
-        "int8", MultimodalSLM.from_pretrained(best_dir))
+    pruned = MultimodalSLM.from_pretrained(pruned_dir)
+    shared = MultimodalSLM.from_pretrained(shared_dir)
+    best_fp32 = MultimodalSLM.from_pretrained(best_dir)
+    # (technique, runner, folder, probe kind, model for the parameter count)
+    rows = [("fp32 (PyTorch)", TorchRunner(model), fp32_dir, "torch", model),
+            ("int8 weight-only (aten kernel)", TorchRunner(load_int8_model(int8_dir)), int8_dir,
+             "int8", model),
+            ("int8 dynamic (torchao)",
+             TorchRunner(torchao_int8(MultimodalSLM.from_pretrained(fp32_dir))), fp32_dir,
+             "torchao", model)]
+    if not args.skip_onnx_63m:
+        export_ort(model, fp32_dir)
+        rows += [("fp32 (ONNX Runtime, no KV cache)",
+                  OrtRunner(str(Path(fp32_dir, "model.onnx")), text_len, args.threads), fp32_dir,
+                  "ort", model),
+                 ("int8 dynamic (ONNX Runtime, no KV cache)",
+                  OrtRunner(str(Path(fp32_dir, "model.int8.onnx")), text_len, args.threads),
+                  fp32_dir, "ort-int8", model)]
+    rows += [("prune 30% FFN", TorchRunner(pruned), pruned_dir, "torch", pruned),
+             ("tie embeddings + share layers", TorchRunner(shared), shared_dir, "torch", shared),
+             ("prune 30% + tie + int8 weight-only", TorchRunner(load_int8_model(best_dir)),
+              best_dir, "int8", best_fp32)]
+    say(f"[slm-63m] interleaved batch-1 latency over {len(rows)} rows")
+    latencies = interleaved_latency({name: runner for name, runner, *_ in rows}, samples,
+                                    SLM_NEW_TOKENS)
+    for name, runner, model_dir, kind, counted in rows:
+        bench.measure("slm-63m", name, runner, model_dir, kind, samples, {"image": images},
+                      SLM_NEW_TOKENS, None, {"params": params(counted)},
+                      throughput_repeats=1 if kind.startswith("ort") else 3,
+                      measured_latency=latencies[name])
 
 
 COLUMNS = ("technique", "latency_p50_ms", "latency_p90_ms", "throughput_b32", "peak_rss_mb",
@@ -557,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--skip-63m", action="store_true")
     parser.add_argument("--skip-trained", action="store_true")
     parser.add_argument("--skip-onnx-63m", action="store_true")
+    parser.add_argument("--early-exit-model", default=None, metavar="DIR",
+                        help="only the early-exit rows, for an exit-trained model of an earlier run")
     parser.add_argument("--json", default=None, help="write every row as JSON here")
     parser.add_argument("--probe", nargs=2, metavar=("KIND", "MODEL_DIR"), help=argparse.SUPPRESS)
     parser.add_argument("--probe-tokens", type=int, default=16, help=argparse.SUPPRESS)
@@ -577,13 +634,15 @@ def main(argv: list[str] | None = None) -> int:
                "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     print(f"machine: {json.dumps(machine)}", flush=True)
     bench = Bench(args, out)
-    if not args.skip_trained:
+    if args.early_exit_model:
+        early_exit_only(bench, args.early_exit_model)
+    elif not args.skip_trained:
         image, audio, video = args.per_modality
         data = prepare_data(out, {"image": image, "audio": audio, "video": video,
                                   "text": max(8, video // 10)})
         say(f"data: {len(data.train_batches)} train batches, {len(data.val_batches)} val batches")
         trained_rows(bench, data)
-    if not args.skip_63m:
+    if not args.skip_63m and not args.early_exit_model:
         slm63m_rows(bench)
     machine["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     for model_name in dict.fromkeys(r["model"] for r in bench.rows):
