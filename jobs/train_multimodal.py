@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--freeze", choices=["encoders", "core", "none"], help="fine-tune: part to keep fixed")
     parser.add_argument("--lora-rank", type=int, help="fine-tune: LoRA rank on the core's linear layers "
                         "(merged into plain weights at export)")
+    parser.add_argument("--teacher", help="distill from this model (save_pretrained URI, same tokenizer)")
+    parser.add_argument("--distill-alpha", type=float, help="soft-target weight (default 0.5; 1 = no labels)")
+    parser.add_argument("--distill-temperature", type=float, help="distillation temperature (default 2)")
+    parser.add_argument("--early-exit-loss", type=float, help="LayerSkip-style exit loss weight (default 0)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override any setting")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     return parser
@@ -77,6 +81,9 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": ("train", "batch_size"), "lr": ("train", "learning_rate"),
         "val_every": ("train", "val_every_steps"), "init_from": ("finetune", "init_from"),
         "freeze": ("finetune", "freeze"), "lora_rank": ("finetune", "lora_rank"),
+        "val_every": ("train", "val_every_steps"), "teacher": ("train", "teacher"),
+        "distill_alpha": ("train", "distill_alpha"), "distill_temperature": ("train", "distill_temperature"),
+        "early_exit_loss": ("train", "early_exit_loss"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():

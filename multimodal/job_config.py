@@ -88,6 +88,11 @@ class TrainSettings(StrictModel):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     seed: int = 0
     log_every_steps: int = Field(10, ge=1)
+    # distillation and early exit (multimodal/compress/distill.py, docs/compression.md)
+    teacher: str | None = Field(None, description="frozen teacher model (save_pretrained URI)")
+    distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target KL term")
+    distill_temperature: float = Field(2.0, gt=0, description="softmax temperature for distillation")
+    early_exit_loss: float = Field(0.0, ge=0, description="weight of the intermediate exits' loss")
 
 
 class RunSettings(StrictModel):

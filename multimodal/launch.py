@@ -307,6 +307,12 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
     tokenizer_uri = prepare_tokenizer(job, run)
     model_cfg = base_cfg or job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
+    from multimodal.compress.distill import check_teacher
+
+    try:
+        check_teacher(job.train.teacher, load_tokenizer(tokenizer_uri), model_cfg.core.vocab_size)
+    except ValueError as exc:
+        raise PreflightError(str(exc)) from None
     resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
     fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
     previous = latest_checkpoint_metrics(run)

@@ -468,10 +468,10 @@ class MultimodalSLM(nn.Module):
         locally, one PUT on S3)."""
         uri = str(uri)
         tokenizer = tokenizer or self.tokenizer
-        state = {k: v.detach().to("cpu").contiguous() for k, v in self.state_dict().items()}
-        if self.cfg.core.tie_word_embeddings:
-            state.pop("lm_head.weight")
-        weights = safetensors.torch.save(state, metadata={"format": "pt"})
+        from multimodal.compress.storage import pack_state  # shared tensors stored once
+
+        state, metadata = pack_state(self)
+        weights = safetensors.torch.save(state, metadata=metadata)
         fs.write_bytes_atomic(fs.join(uri, WEIGHTS_FILE), weights)
         if tokenizer is not None:
             fs.write_bytes_atomic(fs.join(uri, TOKENIZER_FILE), tokenizer.to_str().encode())
@@ -480,15 +480,20 @@ class MultimodalSLM(nn.Module):
 
     @classmethod
     def from_pretrained(cls, uri: str, device: str | torch.device = "cpu") -> MultimodalSLM:
-        """Rebuild from ``config.json`` and load ``model.safetensors`` (no pickle); sets
-        ``.tokenizer`` when ``tokenizer.json`` is there. Returned in eval mode."""
+        """Rebuild from ``config.json`` and load ``model.safetensors`` (no pickle; int8 weights
+        dequantized, shared tensors re-tied); sets ``.tokenizer`` when ``tokenizer.json`` is
+        there. Returned in eval mode."""
         uri = str(uri)
         cfg = ModelConfig.model_validate_json(fs.read_bytes(fs.join(uri, CONFIG_FILE)))
         model = cls(cfg)
-        state = safetensors.torch.load(fs.read_bytes(fs.join(uri, WEIGHTS_FILE)))
+        from multimodal.compress import storage  # int8 weights and aliases (slm-compress)
+
+        raw = fs.read_bytes(fs.join(uri, WEIGHTS_FILE))
+        state, aliases = storage.restore_state(safetensors.torch.load(raw), storage.read_metadata(raw))
         if cfg.core.tie_word_embeddings:
             state["lm_head.weight"] = state["core.embed_tokens.weight"]
         model.load_state_dict(state, strict=True)
+        storage.retie(model, aliases)
         if fs.exists(fs.join(uri, TOKENIZER_FILE)):
             from tokenizers import Tokenizer
             tokenizer_json = fs.read_bytes(fs.join(uri, TOKENIZER_FILE)).decode()

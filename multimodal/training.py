@@ -180,6 +180,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     optimizer = model.configure_optimizer(lr=train.learning_rate, weight_decay=train.weight_decay,
                                           betas=(0.9, 0.95))
     base_lrs = [group["lr"] for group in optimizer.param_groups]
+    from multimodal.compress.distill import training_loss_fn  # plain, distillation, early exit
+
+    compute_loss = training_loss_fn(train, device)
 
     def set_learning_rate(step: int, elapsed_seconds: float) -> float:
         """``elapsed`` is averaged over workers, so every rank sets the same rate."""
@@ -306,7 +309,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             sync = nullcontext() if (final_micro_step or not ddp) else model.no_sync()
             with sync:
                 with torch.autocast("cuda", dtype=torch.bfloat16) if use_autocast else nullcontext():
-                    loss = model(batch).loss
+                    loss = compute_loss(model, batch)
                 (loss * scale / train.grad_accum_steps).backward()
             window_tokens += tokens
             window_samples += batch["input_ids"].shape[0]

@@ -1,0 +1,127 @@
+"""Structured pruning that shrinks: whole SwiGLU channels of the core's FFNs are removed.
+
+Channel ``j`` of a LLaMA FFN is row ``j`` of ``gate_proj`` and ``up_proj`` and column ``j`` of
+``down_proj``; removing it deletes ``3 * hidden`` weights and changes nothing else. Every layer
+keeps the same number of channels (the core config has one ``intermediate_size``, which
+``from_pretrained`` uses to rebuild the smaller model), but each layer keeps *its own* most
+important ones:
+
+- ``magnitude``: ``||down[:, j]|| * (||gate[j]|| + ||up[j]||)`` -- no data needed.
+- ``wanda``: Wanda's score (Sun et al. 2023) for the weights that read channel ``j``,
+  ``sum_i |down[i, j]| * ||x_j||`` where ``x_j`` is channel ``j``'s activation (the input of
+  ``down_proj``) over a few calibration batches: channels that are large *and* used survive.
+
+``prune_ratio`` is the fraction of the core layers' parameters (attention + FFN + norms) to
+remove; only FFN channels are removed, so at most the FFN share (about 2/3) can go. The kept
+count is rounded to a multiple of 16 (``CHANNEL_MULTIPLE``; the int8 CPU kernel needs it), so the
+ratio achieved is within 8 channels per layer of the one asked.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+METHODS = ("magnitude", "wanda")
+MIN_CHANNELS = 8
+CHANNEL_MULTIPLE = 16  # kept channels per layer: a multiple of 16 (the int8 CPU kernel needs it)
+
+
+def core_layer_parameters(model: nn.Module) -> int:
+    """Parameters of the core's decoder layers (what ``prune_ratio`` is a fraction of)."""
+    return sum(p.numel() for p in model.core.layers.parameters())
+
+
+def channels_to_keep(model: nn.Module, prune_ratio: float) -> int:
+    """FFN channels per layer left after removing ``prune_ratio`` of the core layers' parameters."""
+    if not 0.0 <= prune_ratio < 1.0:
+        raise ValueError(f"prune ratio must be in [0, 1), got {prune_ratio}")
+    core = model.cfg.core
+    per_channel = 3 * core.hidden_size * core.num_layers
+    remove = prune_ratio * core_layer_parameters(model) / per_channel
+    keep = int(round((core.intermediate_size - remove) / CHANNEL_MULTIPLE)) * CHANNEL_MULTIPLE
+    if keep < MIN_CHANNELS:
+        most = (core.intermediate_size - MIN_CHANNELS) * per_channel / core_layer_parameters(model)
+        raise ValueError(f"prune ratio {prune_ratio} would leave {keep} FFN channels per layer; "
+                         f"at most {most:.2f} of the core can be pruned")
+    return keep
+
+
+def magnitude_scores(model: nn.Module) -> list[torch.Tensor]:
+    """``[intermediate]`` importance per layer from the weights alone."""
+    scores = []
+    for layer in model.core.layers:
+        mlp = layer.mlp
+        scores.append(mlp.down_proj.weight.norm(dim=0)
+                      * (mlp.gate_proj.weight.norm(dim=1) + mlp.up_proj.weight.norm(dim=1)))
+    return scores
+
+
+@torch.no_grad()
+def wanda_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """``[intermediate]`` importance per layer: ``sum_i |down[i, j]| * ||x_j||_2`` over the
+    calibration ``batches`` (text padding included; it is a few percent of positions)."""
+    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in model.core.layers]
+    hooks = []
+    for index, layer in enumerate(model.core.layers):
+        def record(_module, inputs, _output, index=index):
+            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
+            sums[index] += (x * x).sum(0).cpu()
+        hooks.append(layer.mlp.down_proj.register_forward_hook(record))
+    was_training = model.training
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            model(batch)
+            seen += 1
+    finally:
+        for hook in hooks:
+            hook.remove()
+        model.train(was_training)
+    if not seen:
+        raise ValueError("no calibration batches for wanda pruning")
+    return [layer.mlp.down_proj.weight.detach().abs().sum(0).cpu() * total.sqrt()
+            for layer, total in zip(model.core.layers, sums)]
+
+
+def keep_indices(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
+    """Sorted indices of the ``keep`` highest-scoring channels of each layer."""
+    return [score.topk(keep).indices.sort().values for score in scores]
+
+
+def pruned_copy(model: nn.Module, kept: list[torch.Tensor]) -> nn.Module:
+    """A new, smaller model (``intermediate_size = len(kept[0])``) with the kept channels' weights
+    and every other weight copied; the source model is left untouched."""
+    from multimodal.model import MultimodalSLM
+
+    cfg = model.cfg.model_copy(deep=True)
+    cfg.core.intermediate_size = int(kept[0].numel())
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    for index, channels in enumerate(kept):
+        prefix = f"core.layers.{index}.mlp."
+        for name in ("gate_proj", "up_proj"):
+            state[prefix + name + ".weight"] = state[prefix + name + ".weight"][channels].contiguous()
+        down = prefix + "down_proj.weight"
+        state[down] = state[down][:, channels].contiguous()
+    smaller = MultimodalSLM(cfg)
+    smaller.load_state_dict(state, strict=True)
+    smaller.tokenizer = getattr(model, "tokenizer", None)
+    return smaller.train(model.training)
+
+
+def prune_ffn(model: nn.Module, prune_ratio: float, method: str = "magnitude",
+              calibration: Iterable[dict[str, torch.Tensor]] | None = None) -> nn.Module:
+    """The model with ``prune_ratio`` of its core layers' parameters removed as FFN channels."""
+    if method not in METHODS:
+        raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
+    keep = channels_to_keep(model, prune_ratio)
+    if method == "wanda":
+        if calibration is None:
+            raise ValueError("wanda pruning needs calibration batches (--calibration-data)")
+        scores = wanda_scores(model, calibration)
+    else:
+        scores = magnitude_scores(model)
+    return pruned_copy(model, keep_indices(scores, keep))
