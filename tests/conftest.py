@@ -144,3 +144,16 @@ def media_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("media")
     make_media_set(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Small models on busy shared cores: one torch thread is far faster than two fighting.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+

@@ -41,3 +41,22 @@ def make_media_set(root: Path) -> dict[str, list[Path]]:
         path.write_bytes(data)
         out["corrupt"].append(path)
     return out
+
+
+def demo_shards_on_s3(s3_server, folder: Path, bucket_prefix: str, per_modality: dict[str, int],
+                      splits: dict[str, float] | None = None, seed: int = 0,
+                      shard_bytes: dict[str, int] | int | None = None) -> tuple[str, dict[str, str]]:
+    """A demo corpus packed into shards on the test S3 server: ``(bucket, {split: s3 uri})``.
+
+    ``shard_bytes``: target shard size, one for all splits or per split (default: one shard)."""
+    from multimodal.data.demo_corpus import make_demo_corpus
+    from multimodal.data.make_shards import make_shards
+
+    bucket = s3_server.new_bucket(bucket_prefix)
+    corpus = make_demo_corpus(folder, per_modality, splits=splits or {"train": 0.75, "val": 0.25}, seed=seed)
+    uris = {}
+    for split, manifest in corpus.items():
+        uris[split] = f"s3://{bucket}/shards/{split}"
+        target = shard_bytes.get(split) if isinstance(shard_bytes, dict) else shard_bytes
+        make_shards(str(manifest), uris[split], progress=None, **({"target_shard_bytes": target} if target else {}))
+    return bucket, uris

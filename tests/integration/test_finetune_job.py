@@ -6,13 +6,12 @@ import pytest
 import torch
 
 from multimodal.config import preset
-from multimodal.data.demo_corpus import make_demo_corpus
-from multimodal.data.make_shards import make_shards
 from multimodal.data.tokenizer import train_tokenizer
 from multimodal.evaluation import evaluate
 from multimodal.finetune import part_parameters
 from multimodal.job_config import build_config
 from multimodal.model import MultimodalSLM
+from tests.media import demo_shards_on_s3
 
 pytestmark = pytest.mark.integration
 
@@ -20,13 +19,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def notes_domain(tmp_path_factory, s3_server):
     """A base model on S3 (tiny, its own tokenizer) and shards of a caption domain it never saw."""
-    bucket = s3_server.new_bucket("finetune")
-    corpus = make_demo_corpus(tmp_path_factory.mktemp("notes"), {"audio": 40},
-                              splits={"train": 0.75, "val": 0.25}, seed=5)
-    uris = {}
-    for split, manifest in corpus.items():
-        uris[split] = f"s3://{bucket}/shards/{split}"
-        make_shards(str(manifest), uris[split], progress=None)
+    bucket, uris = demo_shards_on_s3(s3_server, tmp_path_factory.mktemp("notes"), "finetune", {"audio": 40},
+                                     seed=5)
     cfg = preset("tiny")
     tokenizer = train_tokenizer(["a red circle", "notes C D E G A", "a blue square moving left"] * 20, 300)
     cfg.core.vocab_size = tokenizer.get_vocab_size()

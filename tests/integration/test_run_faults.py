@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from multimodal import fs
-from multimodal.data.demo_corpus import make_demo_corpus
-from multimodal.data.make_shards import make_shards
 from multimodal.job_config import build_config
+from tests.media import demo_shards_on_s3
 
 pytestmark = pytest.mark.integration
 
@@ -27,14 +26,8 @@ OUTAGE_SECONDS = 20
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, s3_server):
-    bucket = s3_server.new_bucket("faults")
-    corpus = make_demo_corpus(tmp_path_factory.mktemp("corpus"), {"image": 12, "audio": 12, "video": 8, "text": 4},
-                              splits={"train": 0.75, "val": 0.25}, seed=9)
-    uris = {}
-    for split, manifest in corpus.items():
-        uris[split] = f"s3://{bucket}/shards/{split}"
-        make_shards(str(manifest), uris[split], target_shard_bytes=60_000, progress=None)
-    return bucket, uris
+    return demo_shards_on_s3(s3_server, tmp_path_factory.mktemp("corpus"), "faults",
+                             {"image": 12, "audio": 12, "video": 8, "text": 4}, seed=9, shard_bytes=60_000)
 
 
 def latest_step(run_uri: str) -> int:

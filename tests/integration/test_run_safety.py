@@ -10,23 +10,17 @@ import torch
 from safetensors.torch import load
 
 from multimodal import fs
-from multimodal.data.demo_corpus import make_demo_corpus
 from multimodal.data.make_shards import make_shards
 from multimodal.job_config import build_config
+from tests.media import demo_shards_on_s3
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
 def small_shards(tmp_path_factory, s3_server):
-    bucket = s3_server.new_bucket("safety")
-    corpus = make_demo_corpus(tmp_path_factory.mktemp("corpus"), {"image": 12, "audio": 12, "video": 8, "text": 4},
-                              splits={"train": 0.75, "val": 0.25}, seed=5)
-    uris = {}
-    for split, manifest in corpus.items():
-        uris[split] = f"s3://{bucket}/shards/{split}"
-        make_shards(str(manifest), uris[split], target_shard_bytes=60_000, progress=None)
-    return bucket, uris
+    return demo_shards_on_s3(s3_server, tmp_path_factory.mktemp("corpus"), "safety",
+                             {"image": 12, "audio": 12, "video": 8, "text": 4}, seed=5, shard_bytes=60_000)
 
 
 def job(bucket: str, uris: dict[str, str], name: str, **train):

@@ -13,9 +13,8 @@ import pytest
 
 from multimodal import fs
 from multimodal.checkpoint import latest_checkpoint_metrics
-from multimodal.data.demo_corpus import make_demo_corpus
-from multimodal.data.make_shards import make_shards
 from multimodal.job_config import build_config
+from tests.media import demo_shards_on_s3
 
 pytestmark = pytest.mark.integration
 
@@ -23,17 +22,9 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def demo_shards(tmp_path_factory, s3_server):
     """A small demo corpus packed into many small shards on S3 (so an epoch spans shards)."""
-    bucket = s3_server.new_bucket("train")
-    corpus = make_demo_corpus(tmp_path_factory.mktemp("corpus"),
-                              {"image": 24, "audio": 24, "video": 24, "text": 8},
-                              splits={"train": 0.75, "val": 0.25}, seed=3)
-    uris = {}
-    for split, manifest in corpus.items():
-        uri = f"s3://{bucket}/shards/{split}"
-        make_shards(str(manifest), uri, target_shard_bytes=60_000 if split == "train" else 10**9,
-                    progress=None)
-        uris[split] = uri
-    return bucket, uris
+    return demo_shards_on_s3(s3_server, tmp_path_factory.mktemp("corpus"), "train",
+                             {"image": 24, "audio": 24, "video": 24, "text": 8}, seed=3,
+                             shard_bytes={"train": 60_000})
 
 
 def job_config(bucket: str, uris: dict[str, str], name: str, **train) -> object:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from multimodal.config import preset
+from multimodal.config import MediaSpec, preset
 
 LOW_PEAK_MB = 30  # what decoding one of these may add to the process's peak memory (measured: <= 13 MB)
 
@@ -92,12 +92,12 @@ def video(path: Path, container_format: str, codec: str, frames: int, side: int)
     return path
 
 
-@pytest.fixture(scope="module")
-def bomb_results(tmp_path_factory) -> dict[str, dict]:
-    folder = tmp_path_factory.mktemp("bombs")
+def bomb_cases(folder: Path) -> list[tuple[str, Path, MediaSpec]]:
+    """The files of this module (and of benchmarks/bench_decode_bombs.py): ``(name, path, spec)``,
+    the small ones first: they load the codecs and torch (not part of a decode's peak)."""
     tiny = preset("tiny").media
     big_frames = tiny.model_copy(update={"video_size": 256})  # 196 kB per kept frame
-    cases = [  # the small ones first: they load the codecs and torch (not part of a decode's peak)
+    return [
         ("image_small", png_bomb(folder / "small.png", 300), tiny),
         ("audio_short", long_flac(folder / "short.flac", seconds=1, channels=1, rate=16000), tiny),
         ("video_small", video(folder / "small.mp4", "mp4", "mpeg4", frames=4, side=32), tiny),
@@ -107,11 +107,20 @@ def bomb_results(tmp_path_factory) -> dict[str, dict]:
         ("video_unknown_count", video(folder / "many.mkv", "matroska", "mpeg4", frames=800, side=16),
          big_frames),
     ]
+
+
+def decode_in_fresh_process(cases: list[tuple[str, Path, MediaSpec]]) -> dict[str, dict]:
+    """Decode each case in one new Python process; per case its peak memory growth and outcome."""
     argument = json.dumps([(name, str(path), spec.model_dump_json()) for name, path, spec in cases])
     completed = subprocess.run([sys.executable, "-c", PROBE, argument], capture_output=True, text=True,
                                timeout=300, check=False)
     assert completed.returncode == 0, completed.stderr[-2000:]
     return json.loads(completed.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def bomb_results(tmp_path_factory) -> dict[str, dict]:
+    return decode_in_fresh_process(bomb_cases(tmp_path_factory.mktemp("bombs")))
 
 
 def test_a_13000_square_png_is_bad_without_being_decoded(bomb_results):

@@ -12,13 +12,9 @@ from multimodal.job_config import ConfigError, FinetuneSettings, build_config
 from multimodal.model import MultimodalSLM
 from tests.unit.test_model import VOCAB, make_batch, make_tokenizer
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+
 
 
 @pytest.fixture(scope="module")

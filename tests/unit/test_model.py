@@ -15,6 +15,8 @@ from multimodal.model import MultimodalSLM, main
 SEED_PARAMETERS = 63_037_440
 VOCAB = 300
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def make_tokenizer():
     """A tiny byte-level BPE with <pad> <bos> <eos> <unk> as ids 0..3."""
@@ -30,13 +32,6 @@ def make_tokenizer():
     return tokenizer
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small models on busy shared cores: one torch thread is far faster than two fighting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
