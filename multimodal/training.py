@@ -82,6 +82,7 @@ class _Counts:
         self.bad = {m: 0 for m in MODALITIES}
         self.dropped = 0
         self.tokens = 0
+        self.wait_s = 0.0  # seconds this worker waited for batches
 
     def add(self, stats, tokens: int) -> None:
         for shard, rows in stats.rows_per_shard.items():
@@ -93,13 +94,16 @@ class _Counts:
             self.bad[modality] = self.bad.get(modality, 0) + count
         self.dropped += stats.dropped
         self.tokens += tokens
+        self.wait_s += stats.wait_s
 
     def flush_into(self, state: TrainerState, comm: _Distributed) -> list[int]:
         """Add every worker's counts to ``state``; returns the summed rows per shard."""
         samples_keys, bad_keys = sorted(self.samples), sorted(self.bad)
         flat = (self.rows_per_shard + [self.samples[k] for k in samples_keys]
                 + [self.bad[k] for k in bad_keys] + [self.dropped, self.tokens])
-        summed = [int(round(v)) for v in comm.sum(flat)]
+        *totals, waited = comm.sum(flat + [self.wait_s])
+        summed = [int(round(v)) for v in totals]
+        state.data_wait_seconds += waited / (dist.get_world_size() if comm.active else 1)  # mean worker
         n = self.num_shards
         rows = summed[:n]
         for i, key in enumerate(samples_keys):
@@ -393,6 +397,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "tokens_per_second": state.tokens_seen / elapsed,
         "tokens_per_second_windows": window_rates,
         "train_seconds": state.train_seconds,
+        # time the loop waited for a batch / training time (mean over workers, all attempts)
+        "data_wait_fraction": round(state.data_wait_seconds / elapsed, 4),
         "resumed": bool(state.resumed_from_steps),
         "resumed_from_steps": state.resumed_from_steps,
         "resume_shards": None if resumed_position is None else {

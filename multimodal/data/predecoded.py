@@ -100,6 +100,19 @@ def tokenizer_uri(uri: str, summary) -> str:
     return fs.join(dataset_root(uri), summary.decoded["tokenizer"])
 
 
+def dataset_tokenizer(uri: str | None) -> str | None:
+    """The tokenizer URI of a pre-decoded dataset at ``uri``; None for raw data or no data."""
+    from multimodal.data.schema import read_summary
+
+    if not uri or str(uri).endswith(".tar"):
+        return None
+    try:
+        summary = read_summary(uri)
+    except (OSError, ValueError):
+        return None
+    return tokenizer_uri(uri, summary) if is_predecoded(summary) else None
+
+
 def tokenizer_sha256(tokenizer_json: str) -> str:
     return hashlib.sha256(tokenizer_json.encode()).hexdigest()
 
@@ -228,5 +241,5 @@ class PredecodedUnitReader:
 
 
 __all__ = ["FORMAT", "PREDECODED_SCHEMA", "PREDECODED_SCHEMA_VERSION", "SpecMismatchError", "is_predecoded",
-           "check_spec", "describe_spec", "tokenizer_uri", "tokenizer_sha256", "encode_rows", "row_bytes",
+           "check_spec", "describe_spec", "tokenizer_uri", "dataset_tokenizer", "tokenizer_sha256", "encode_rows", "row_bytes",
            "text_columns", "audio_to_wire", "to_wire", "PredecodedUnitReader"]

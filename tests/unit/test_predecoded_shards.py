@@ -153,7 +153,7 @@ def test_cli_decode_flags(media_dir, tmp_path, capsys):
     tok_dir = tmp_path / "tok"
     pack_decoded(str(manifest), str(tok_dir), "tiny", workers=1, vocab_size=280, progress=None)
     out = tmp_path / "cli"
-    assert ms.main([str(manifest), "--out", str(out), "--decode", "tiny", "--workers", "2",
+    assert ms.main([str(manifest), "--out", str(out), "--decode", "tiny", "--workers", "1",
                     "--tokenizer", str(tok_dir / "tokenizer.json")]) == 0
     summary = read_summary(str(out))
     assert summary.rows == 7 and summary.decoded["tokenizer_sha256"] == read_summary(str(tok_dir)).decoded[
