@@ -165,3 +165,28 @@ def test_cli_decode_flags(media_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exited:
             ms.main(argv)
         assert exited.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_evaluation_scores_predecoded_shards_as_the_raw_ones(media_dir, tmp_path):
+    from multimodal.evaluation import evaluate
+    from multimodal.model import MultimodalSLM
+
+    manifest = write_manifest(media_dir, "pre6.csv")
+    raw, out = tmp_path / "raw", tmp_path / "pre"
+    ms.make_shards(str(manifest), str(raw), progress=None)
+    pack_decoded(str(manifest), str(out), "tiny", workers=1, vocab_size=300, progress=None)
+    cfg = preset("tiny")
+    tok = load_tokenizer(str(out / "tokenizer.json"))
+    cfg.core.vocab_size = tok.get_vocab_size()
+    model = MultimodalSLM(cfg)
+    model.tokenizer = tok
+    on_raw = evaluate(model, str(raw), max_new_tokens=2)
+    on_decoded = evaluate(model, str(out), max_new_tokens=2)
+    assert on_decoded["samples"] == on_raw["samples"] == 6  # the all-bad image row is dropped
+    assert on_decoded["loss"] == pytest.approx(on_raw["loss"], rel=1e-3)
+    cfg_63m = preset("slm-63m")
+    cfg_63m.core.vocab_size = tok.get_vocab_size()
+    other = MultimodalSLM(cfg_63m)
+    other.tokenizer = tok
+    with pytest.raises(predecoded.SpecMismatchError, match="the model slm-63m needs"):
+        evaluate(other, str(out))
