@@ -190,3 +190,17 @@ def test_evaluation_scores_predecoded_shards_as_the_raw_ones(media_dir, tmp_path
     other.tokenizer = tok
     with pytest.raises(predecoded.SpecMismatchError, match="the model slm-63m needs"):
         evaluate(other, str(out))
+
+
+def test_overwrite_replaces_a_predecoded_dataset_and_its_tokenizer(media_dir, tmp_path):
+    manifest = write_manifest(media_dir, "pre7.csv")
+    out = tmp_path / "o"
+    first = pack_decoded(str(manifest), str(out), "tiny", workers=1, vocab_size=300, progress=None)
+    assert first.decoded["tokenizer"] == "tokenizer.json"
+    second = pack_decoded(str(manifest), str(out), "tiny", workers=1, vocab_size=280, progress=None,
+                          overwrite=True)
+    names = sorted(p.name for p in out.iterdir())
+    assert second.decoded["tokenizer"] != "tokenizer.json" and second.decoded["tokenizer"] in names
+    assert "tokenizer.json" not in names and "shard-00000.parquet" not in names  # the old dataset's files
+    assert names == sorted(["_dataset.json", second.decoded["tokenizer"], *second.shard_names])
+    assert load_tokenizer(str(out / second.decoded["tokenizer"])).get_vocab_size() <= 280
