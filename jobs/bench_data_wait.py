@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=8, help="per worker")
     parser.add_argument("--repeats", type=int, default=1, help="runs per kind, alternating")
     parser.add_argument("--num-cpus", type=int, default=4, help="logical CPUs of the local Ray cluster")
+    parser.add_argument("--cache-decoded", action="store_true",
+                        help="set data.cache_decoded (decoded rows kept in the object store after epoch 1)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON only")
     return parser
 
@@ -70,7 +72,7 @@ def run_once(kind: str, repeat: int, uris: dict[str, str], bucket: str, args: ar
 
     job = build_config({
         "model": {"preset": "tiny"},
-        "data": {"train": uris[kind], "tokenizer": uris["tokenizer"]},
+        "data": {"train": uris[kind], "tokenizer": uris["tokenizer"], "cache_decoded": args.cache_decoded},
         "train": {"batch_size": args.batch_size, "max_steps": args.steps, "log_every_steps": 10,
                   "val_every_steps": 10 * args.steps, "num_epochs": 1000, "warmup_steps": 2},
         "run": {"name": f"{kind}-{repeat}", "storage_path": f"s3://{bucket}/runs", "num_workers": 2,

@@ -8,8 +8,8 @@ row group ("read unit"); each decode actor (``ParquetUnitDecoder``) reads its ro
 store itself, ``batch_size`` rows at a time, so encoded bytes never pass through the object store
 (``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
 by ``ray.data.read_webdataset`` tasks and decoded by ``SampleProcessor`` actors. Pre-decoded
-shards (``slm-make-shards --decode``, ``data/predecoded.py``) are read by ``PredecodedUnitReader``
-actors, which only slice and copy what ``SampleProcessor`` wrote when the shards were packed.
+shards (``slm-make-shards --decode``, ``data/predecoded.py``) are read by ``read_predecoded_units``
+tasks, which only slice and copy what ``SampleProcessor`` wrote when the shards were packed.
 
 Output columns: **wire rows** (``data/wire.py``): the text keys and ``<m>_present`` masks of
 ``multimodal/batch.py``, each modality as one binary value (uint8 pixels / float32 log-mel bytes,
@@ -50,7 +50,7 @@ from multimodal.config import MediaSpec
 from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
 from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
-from multimodal.data.predecoded import PredecodedUnitReader, is_predecoded
+from multimodal.data.predecoded import is_predecoded, read_predecoded_units
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
 from multimodal.data.wire import media_shape, wire_table
@@ -372,10 +372,14 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
     if kind == "parquet" and _predecoded(uri):
         _, units = read_units(uri, shards)
-        # pre-decoded shards (data/predecoded.py): the actors only read and copy
+        # pre-decoded shards (data/predecoded.py): reading is a copy, so plain tasks do it: they
+        # run in Ray's reusable worker processes (no torch import), where decode actors would be
+        # started again with every epoch's execution
+        tasks = concurrency[1] if isinstance(concurrency, tuple) else concurrency
         return ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS)).map_batches(
-            PredecodedUnitReader, fn_constructor_args=(spec.model_dump(), names, unit_batch_rows),
-            batch_size=1, batch_format="numpy", compute=_actor_pool(concurrency),
+            read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
+                                              "batch_size": unit_batch_rows},
+            batch_size=1, batch_format="numpy", concurrency=max(1, int(tasks)),
             num_cpus=num_cpus, runtime_env=runtime_env)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)

@@ -18,8 +18,8 @@ offline, and stores its output here; training then only reads and copies. One ro
 
 ``_dataset.json`` says so in ``decoded`` (``DatasetSummary.decoded``): the preset, the full
 ``media_spec``, the tokenizer file beside the shards and its SHA-256. ``check_spec`` refuses a
-model whose spec differs (one line naming both). ``PredecodedUnitReader`` is the decode actor for
-such a dataset: it reads a row group and turns it into the pipeline's wire rows (``wire.py``):
+model whose spec differs (one line naming both). ``PredecodedUnitReader`` (run by the pipeline's
+``read_predecoded_units`` tasks) reads a row group and turns it into the pipeline's wire rows (``wire.py``):
 pixel columns pass through as they are, audio goes float16 → float32, the text keys are rebuilt
 from the token ids with numpy. No media decoder runs.
 """
@@ -240,6 +240,12 @@ class PredecodedUnitReader:
             yield to_wire(batch, self.spec, shard_id)
 
 
-__all__ = ["FORMAT", "PREDECODED_SCHEMA", "PREDECODED_SCHEMA_VERSION", "SpecMismatchError", "is_predecoded",
+def read_predecoded_units(units: dict, spec: dict, shard_names: Sequence[str], batch_size: int = 256
+                          ) -> Iterator[pa.Table]:
+    """A Ray Data task function: the wire-row tables of a batch of read units."""
+    yield from PredecodedUnitReader(spec, shard_names, batch_size)(units)
+
+
+__all__ = ["FORMAT", "read_predecoded_units", "PREDECODED_SCHEMA", "PREDECODED_SCHEMA_VERSION", "SpecMismatchError", "is_predecoded",
            "check_spec", "describe_spec", "tokenizer_uri", "dataset_tokenizer", "tokenizer_sha256", "encode_rows", "row_bytes",
            "text_columns", "audio_to_wire", "to_wire", "PredecodedUnitReader"]
