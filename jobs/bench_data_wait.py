@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     print(f"{'shards':<11} {'data wait':>10} {'tokens/s':>10}")
     for kind in KINDS:
-        print(f"{kind:<11} {100 * medians[kind]['data_wait_fraction']:>9.1f}% {medians[kind]['tokens_per_second']:>10,.0f}")
+        wait, rate = medians[kind]["data_wait_fraction"], medians[kind]["tokens_per_second"]
+        print(f"{kind:<11} {100 * wait:>9.1f}% {rate:>10,.0f}")
     print(f"{os.cpu_count()} cores, load average {load_start} at start, {summary['load_average_end']} at end")
     print("RESULT " + json.dumps(summary))
     return 0

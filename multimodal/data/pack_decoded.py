@@ -35,10 +35,13 @@ from multimodal import fs
 from multimodal.config import MediaSpec, preset
 from multimodal.data import predecoded
 from multimodal.data.make_shards import (
-    DEFAULT_ROW_GROUP_BYTES, DEFAULT_TARGET_SHARD_BYTES, ManifestError, _claim_output, _remove_replaced, _ShardWriter, existing_files, iter_manifest_rows, read_manifest,
+    DEFAULT_ROW_GROUP_BYTES, DEFAULT_TARGET_SHARD_BYTES, ManifestError, _claim_output, _remove_replaced,
+    _ShardWriter, iter_manifest_rows, read_manifest,
 )
 from multimodal.data.media_paths import DEFAULT_MAX_MEDIA_BYTES
-from multimodal.data.schema import ALL_MODALITIES, MEDIA_MODALITIES, DatasetSummary, read_summary, write_summary
+from multimodal.data.schema import (
+    ALL_MODALITIES, MEDIA_MODALITIES, DatasetSummary, read_summary, write_summary,
+)
 
 PROGRESS_NAME = "_pack_progress.json"
 CHUNK_ROWS = 32  # rows per decode task

@@ -246,6 +246,7 @@ def read_predecoded_units(units: dict, spec: dict, shard_names: Sequence[str], b
     yield from PredecodedUnitReader(spec, shard_names, batch_size)(units)
 
 
-__all__ = ["FORMAT", "read_predecoded_units", "PREDECODED_SCHEMA", "PREDECODED_SCHEMA_VERSION", "SpecMismatchError", "is_predecoded",
-           "check_spec", "describe_spec", "tokenizer_uri", "dataset_tokenizer", "tokenizer_sha256", "encode_rows", "row_bytes",
-           "text_columns", "audio_to_wire", "to_wire", "PredecodedUnitReader"]
+__all__ = ["FORMAT", "PREDECODED_SCHEMA", "PREDECODED_SCHEMA_VERSION", "SpecMismatchError", "is_predecoded",
+           "check_spec", "describe_spec", "tokenizer_uri", "dataset_tokenizer", "tokenizer_sha256",
+           "encode_rows", "row_bytes", "text_columns", "audio_to_wire", "to_wire", "PredecodedUnitReader",
+           "read_predecoded_units"]
