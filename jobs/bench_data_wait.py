@@ -82,6 +82,8 @@ def run_once(kind: str, repeat: int, uris: dict[str, str], bucket: str, args: ar
     return {"kind": kind, "repeat": repeat, "data_wait_fraction": result["data_wait_fraction"],
             "tokens_per_second": round(result["tokens_per_second"], 1), "steps": result["steps"],
             "train_seconds": round(result["train_seconds"], 1),
+            "data_wait_seconds": round(result["data_wait_fraction"] * result["train_seconds"], 2),
+            "epoch_start_wait_seconds": result["epoch_start_wait_seconds"],
             "load_average": [round(x, 2) for x in os.getloadavg()]}
 
 

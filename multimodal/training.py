@@ -271,6 +271,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     window_tokens, window_seconds, window_wait, window_samples = 0, 0.0, 0.0, 0
     tokens_per_s = 0.0
     window_rates: list[float] = []  # tokens/s of each logging window (steady state: the later ones)
+    epoch_start_waits: list[float] = []  # this worker's wait for each epoch's first batch (pipeline start)
     accumulated = 0
     last_batch: dict[str, torch.Tensor] | None = None
     ddp = hasattr(model, "no_sync")
@@ -290,6 +291,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state.epoch = epoch
         step_started = time.monotonic()
         for batch, stats in batches_for_epoch(epoch):
+            if len(epoch_start_waits) < epoch - first_epoch + 1:
+                epoch_start_waits.append(round(stats.wait_s, 3))
             window_wait += stats.wait_s
             scale = 1.0
             if batch["input_ids"].shape[0] == 0:  # every row was undecodable: keep DDP in step
@@ -399,6 +402,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "train_seconds": state.train_seconds,
         # time the loop waited for a batch / training time (mean over workers, all attempts)
         "data_wait_fraction": round(state.data_wait_seconds / elapsed, 4),
+        "epoch_start_wait_seconds": epoch_start_waits,  # rank 0, this attempt: the gap before each epoch
         "resumed": bool(state.resumed_from_steps),
         "resumed_from_steps": state.resumed_from_steps,
         "resume_shards": None if resumed_position is None else {

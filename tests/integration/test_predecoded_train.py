@@ -104,6 +104,7 @@ def test_training_on_predecoded_shards_counts_bad_samples(ray_cluster, decoded_s
     assert result["bad_samples_by_modality"] == summary.decoded["bad"] == {"image": 1, "audio": 0, "video": 1}
     assert result["samples_by_modality"]["image"] == summary.modalities["image"]["count"]
     assert 0.0 <= result["data_wait_fraction"] < 1.0
+    assert len(result["epoch_start_wait_seconds"]) == 1 and result["epoch_start_wait_seconds"][0] >= 0.0
     assert result["best_val_loss"] is not None
     run_tokenizer = fs.read_bytes(f"s3://{bucket}/runs/pre-epoch/tokenizer.json")
     assert hashlib.sha256(run_tokenizer).hexdigest() == summary.decoded["tokenizer_sha256"]
