@@ -126,6 +126,11 @@ def parse_args(argv=None):
                              "per block, half a small object store); 0 = Ray's default (default 16)")
     parser.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats to stderr")
     parser.add_argument("--skip-ray", action="store_true", help="only run the single-process baseline")
+    parser.add_argument("--predecoded", action="store_true",
+                        help="also pack the corpus as pre-decoded shards (slm-make-shards --decode PRESET, "
+                             "cached) and time one process reading them into model-ready batches")
+    parser.add_argument("--pack-workers", type=int, default=1,
+                        help="decode processes for the pre-decoded pack (default 1)")
     return parser.parse_args(argv)
 
 
@@ -534,6 +539,49 @@ def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int, decode_r
     return rows, time.perf_counter() - start
 
 
+def local_predecoded(modality: str, samples: int, args, tok_json: str) -> tuple[Path, float]:
+    """Cached local pre-decoded shards (``slm-make-shards --decode``) of the same manifest as
+    ``local_shards``; returns (dir, seconds the pack took when it was made)."""
+    from multimodal.data.pack_decoded import pack_decoded
+
+    raw_dir, _ = local_shards(modality, samples, args)
+    key = hashlib.sha1(f"{args.preset}\n{tok_json}".encode()).hexdigest()[:10]
+    out, record = raw_dir.parent / f"predecoded-{key}", raw_dir.parent / f"predecoded-{key}.json"
+    if (out / "_dataset.json").exists() and record.exists():
+        return out, json.loads(record.read_text())["pack_s"]
+    shutil.rmtree(out, ignore_errors=True)
+    target = int(args.shard_mb * 1e6)
+    t0 = time.perf_counter()
+    pack_decoded(str(raw_dir.parent / "media" / "manifest.jsonl"), str(out), args.preset, tokenizer=tok_json,
+                 workers=args.pack_workers, target_shard_bytes=target, row_group_bytes=min(target, 8_000_000),
+                 progress=None)
+    seconds = time.perf_counter() - t0
+    record.write_text(json.dumps({"pack_s": seconds}))
+    log(f"packed {modality} pre-decoded ({args.preset} spec) in {seconds:.1f}s with {args.pack_workers} worker(s)")
+    return out, seconds
+
+
+def predecoded_read(uri: str, spec: MediaSpec, batch_size: int) -> tuple[int, float]:
+    """One process reading pre-decoded shards into model-ready batches: ``PredecodedUnitReader``
+    (what the pipeline's actors run for such shards) + ``training_collate`` + ``model_batch``,
+    the same consumer steps as ``baseline``."""
+    from multimodal.data.loader import model_batch, training_collate
+    from multimodal.data.pipeline import read_units
+    from multimodal.data.predecoded import PredecodedUnitReader
+
+    start = time.perf_counter()
+    names, units = read_units(uri)
+    reader = PredecodedUnitReader(spec, names)
+    collate = training_collate(spec)
+    rows = 0
+    for unit in units:
+        for table in reader.read_unit(unit["path"], unit["row_group"]):
+            for offset in range(0, table.num_rows, batch_size):
+                _, stats = model_batch(collate(table.slice(offset, batch_size)), spec)
+                rows += stats.valid
+    return rows, time.perf_counter() - start
+
+
 def shard_count(uri: str) -> int:
     from multimodal.data.pipeline import resolve_shards
 
@@ -673,6 +721,27 @@ def main(argv=None) -> int:
                     r["baseline_cpu_s"]["s3 server"] = round(_cpu_seconds(moto.pid) - cpu0["s3 server"], 1)
                 r.update(baseline_rows=rows, baseline_s=round(secs, 2), baseline_per_s=round(rows / secs, 1))
                 log(f"{m}: baseline {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s, CPU s {r['baseline_cpu_s']}")
+            if args.predecoded:
+                pre_dir, pack_s = local_predecoded(m, counts[m], args, tok)
+                pre_uri = f"s3://{bucket}/bench/{m}-predecoded"
+                files, nbytes = upload(pre_dir, pre_uri)
+                cpu0 = {"driver": _cpu_seconds(os.getpid()), "s3 server": _cpu_seconds(moto.pid) if moto else 0.0}
+                rows, secs = predecoded_read(pre_uri, spec, args.batch_size)
+                r["predecoded_cpu_s"] = {"driver": round(_cpu_seconds(os.getpid()) - cpu0["driver"], 2)}
+                if moto is not None:
+                    r["predecoded_cpu_s"]["s3 server"] = round(_cpu_seconds(moto.pid) - cpu0["s3 server"], 2)
+                r.update(predecoded_rows=rows, predecoded_s=round(secs, 2), predecoded_per_s=round(rows / secs, 1),
+                         predecoded_mb=round(nbytes / 1e6, 1), raw_mb=round(sum(
+                             p.stat().st_size for p in shards[m][0].iterdir()) / 1e6, 1),
+                         predecoded_pack_s=round(pack_s, 1))
+                if r.get("baseline_per_s"):
+                    r["predecoded_vs_raw"] = round(r["predecoded_per_s"] / r["baseline_per_s"], 1)
+                    # per CPU second of this process (the loop's own work; robust on a shared machine)
+                    r["predecoded_vs_raw_cpu"] = round((rows / max(r["predecoded_cpu_s"]["driver"], 1e-3))
+                                                       / (r["baseline_rows"] / max(r["baseline_cpu_s"]["driver"], 1e-3)), 1)
+                log(f"{m}: pre-decoded read {rows} rows in {secs:.2f}s = {rows / secs:.1f}/s "
+                    f"({r.get('predecoded_vs_raw', '-')}x the raw decode), {r['predecoded_mb']} MB vs "
+                    f"{r['raw_mb']} MB raw")
             if not args.skip_ray:
                 log(f"{m}: Ray pipeline ...")
                 p = ray_pipeline(uris[m], spec, tok, counts[m], raylet_pid, gcs_address, args,
@@ -711,6 +780,16 @@ def main(argv=None) -> int:
                   f"{r.get('ray_steady_s', '-'):>8} {r.get('decoded_mb_streamed', '-'):>11} {pss:>22} "
                   f"{r.get('rss_mb_peak', '-'):>11} "
                   f"{r.get('store_mb_peak', '-'):>8} {str(r.get('flat', '-')):>5}")
+        if args.predecoded:
+            print(f"\nPre-decoded shards ({args.preset} spec), one process, S3 read -> model-ready batches:")
+            print(f"{'modality':<8} {'rows':>6} {'raw decode/s':>12} {'pre-decoded/s':>13} {'ratio':>6} "
+                  f"{'ratio/CPU-s':>11} {'raw MB':>7} {'pre MB':>7} {'pack s':>7}")
+            for m, r in results.items():
+                print(f"{m:<8} {r['samples']:>6} {r.get('baseline_per_s', '-'):>12} {r['predecoded_per_s']:>13} "
+                      f"{str(r.get('predecoded_vs_raw', '-')):>6} {str(r.get('predecoded_vs_raw_cpu', '-')):>11} "
+                      f"{r['raw_mb']:>7} {r['predecoded_mb']:>7} {r['predecoded_pack_s']:>7}")
+            print("ratio = wall-clock samples/s; ratio/CPU-s = samples per CPU second of this process "
+                  "(the S3 server's CPU is in the RESULT line)")
         print(f"Memory = this driver + this Ray session's raylet and all its descendant processes, sampled "
               f"every 2 s during the measured window. PSS counts the shared object-store pages once (RSS "
               f"counts them in every process that maps them); flat = PSS peak - start < {FLAT_SLACK_MB:.0f} MB; "

@@ -81,6 +81,7 @@ class TrainerState:
     dropped_samples: int = 0
     tokens_seen: int = 0
     train_seconds: float = 0.0
+    data_wait_seconds: float = 0.0  # waiting for batches, mean over workers (older checkpoints: 0)
     resumed_from_steps: list[int] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:

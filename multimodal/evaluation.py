@@ -73,6 +73,29 @@ def iter_shard_batches(uri: str, summary: schema.DatasetSummary, batch_size: int
                     return
 
 
+def _predecoded_arrays(summary, data_uri: str, model):
+    """For pre-decoded shards: a function from their rows to dense contract arrays (after
+    checking they were made for this model's spec and tokenizer); None for raw shards."""
+    import pyarrow as pa
+
+    from multimodal.data import predecoded
+    from multimodal.data.wire import wire_to_dense
+
+    if not predecoded.is_predecoded(summary):
+        return None
+    spec = model.cfg.media
+    predecoded.check_spec(summary, spec, data_uri, model.cfg.preset)
+    if predecoded.tokenizer_sha256(model.tokenizer.to_str()) != summary.decoded["tokenizer_sha256"]:
+        raise ValueError(f"{data_uri} was tokenized with another tokenizer than the model's; evaluate on "
+                         "raw shards or re-pack with --tokenizer <model>/tokenizer.json")
+
+    def arrays(rows: list[dict]) -> dict:
+        table = pa.Table.from_pylist(rows, schema=predecoded.PREDECODED_SCHEMA)
+        return wire_to_dense(predecoded.to_wire(table, spec, shard_id=-1), spec)
+
+    return arrays
+
+
 def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None = None,
              max_new_tokens: int | None = None, examples_per_group: int = 3) -> dict[str, Any]:
     """Score ``model`` (with its tokenizer) on the shards at ``data_uri``."""
@@ -82,6 +105,7 @@ def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None
     if summary is None:
         raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards first")
     spec = model.cfg.media
+    to_arrays = _predecoded_arrays(summary, data_uri, model)  # None for raw shards
     processor = SampleProcessor(spec, model.tokenizer, summary.shard_names,
                                 max_consecutive_failures=10**9, torch_threads=None, max_failure_rate=1.0)
     max_new_tokens = max_new_tokens or spec.max_text_tokens
@@ -89,7 +113,7 @@ def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None
     model.eval()
     for rows in iter_shard_batches(data_uri, summary, batch_size, max_samples):
         texts = [row.get("text") or "" for row in rows]
-        arrays = processor.process_rows(rows)
+        arrays = to_arrays(rows) if to_arrays else processor.process_rows(rows)
         valid = arrays["sample_valid"]
         batch = {k: torch.from_numpy(np.ascontiguousarray(v[valid])) for k, v in arrays.items()
                  if k in ("input_ids", "attention_mask", "labels", *MODALITIES,

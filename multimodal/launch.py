@@ -63,6 +63,31 @@ def describe_data(uri: str, role: str = "training") -> TrainData:
                      bytes=summary.bytes, modalities=summary.modalities)
 
 
+def check_data_spec(job: JobConfig, data: TrainData, role: str = "training") -> None:
+    """Pre-decoded shards must be made for the model's media spec (one line naming both)."""
+    from multimodal.data import predecoded
+    from multimodal.data.schema import read_summary
+
+    try:
+        predecoded.check_spec(read_summary(data.uri), job.model.resolve().media, data.uri, job.model.preset)
+    except predecoded.SpecMismatchError as exc:
+        raise PreflightError(f"{role} data {exc}") from None
+
+
+def check_data_tokenizer(data: TrainData, tokenizer_uri: str, role: str = "training") -> None:
+    """Pre-decoded shards hold token ids: the run's tokenizer must be the one they were made with."""
+    from multimodal.data import predecoded
+    from multimodal.data.schema import read_summary
+
+    summary = read_summary(data.uri)
+    if not predecoded.is_predecoded(summary):
+        return
+    if predecoded.tokenizer_sha256(fs.read_bytes(tokenizer_uri).decode()) != summary.decoded["tokenizer_sha256"]:
+        raise PreflightError(f"{role} data {data.uri} was tokenized with {predecoded.tokenizer_uri(data.uri, summary)}"
+                             f", not with this run's {tokenizer_uri}; use the dataset's tokenizer (leave "
+                             f"data.tokenizer unset) or re-pack with --tokenizer {tokenizer_uri}")
+
+
 def check_writable(uri: str) -> None:
     """Write and remove a probe object under ``uri``."""
     probe = fs.join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
@@ -161,14 +186,19 @@ def storage_estimate(data: TrainData) -> dict[str, Any]:
 
 # --- tokenizer and datasets --------------------------------------------------------------
 def prepare_tokenizer(job: JobConfig, run: str) -> str:
-    """The URI of the run's tokenizer: the given one, the run's saved one, or one trained now."""
+    """The URI of the run's tokenizer: the run's saved one, the given one, the pre-decoded
+    training data's own, or one trained now."""
     from multimodal.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer_from_dataset
     from multimodal.finetune import base_tokenizer_uri
 
     target = fs.join(run, "tokenizer.json")
     if fs.exists(target):
         return target
-    source = base_tokenizer_uri(job.finetune.init_from) if job.finetune.init_from else job.data.tokenizer
+    from multimodal.data.predecoded import dataset_tokenizer
+
+    # a fine-tune: the base model's; else the given one or, for pre-decoded shards, the shards' own
+    source = (base_tokenizer_uri(job.finetune.init_from) if job.finetune.init_from
+              else job.data.tokenizer or dataset_tokenizer(job.data.train))
     if source:
         save_tokenizer(load_tokenizer(source), target)
     else:
@@ -270,6 +300,9 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
     run = run_uri(job)
     train_data = describe_data(job.data.train)
     val_data = describe_data(job.data.val, "validation") if job.data.val else None
+    for data, role in ((train_data, "training"), (val_data, "validation")):
+        if data is not None:
+            check_data_spec(job, data, role)  # pre-decoded shards: fail before anything starts
     check_writable(run)
     base_cfg = _finetune_base_config(job)
     _ray_init()
@@ -306,6 +339,9 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
     tokenizer_uri = prepare_tokenizer(job, run)
+    for data, role in ((train_data, "training"), (val_data, "validation")):
+        if data is not None:
+            check_data_tokenizer(data, tokenizer_uri, role)
     model_cfg = base_cfg or job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
     from multimodal.compress.distill import check_teacher
 

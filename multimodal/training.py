@@ -83,6 +83,7 @@ class _Counts:
         self.bad = {m: 0 for m in MODALITIES}
         self.dropped = 0
         self.tokens = 0
+        self.wait_s = 0.0  # seconds this worker waited for batches
 
     def add(self, stats, tokens: int) -> None:
         for shard, rows in stats.rows_per_shard.items():
@@ -94,13 +95,16 @@ class _Counts:
             self.bad[modality] = self.bad.get(modality, 0) + count
         self.dropped += stats.dropped
         self.tokens += tokens
+        self.wait_s += stats.wait_s
 
     def flush_into(self, state: TrainerState, comm: _Distributed) -> list[int]:
         """Add every worker's counts to ``state``; returns the summed rows per shard."""
         samples_keys, bad_keys = sorted(self.samples), sorted(self.bad)
         flat = (self.rows_per_shard + [self.samples[k] for k in samples_keys]
                 + [self.bad[k] for k in bad_keys] + [self.dropped, self.tokens])
-        summed = [int(round(v)) for v in comm.sum(flat)]
+        *totals, waited = comm.sum(flat + [self.wait_s])
+        summed = [int(round(v)) for v in totals]
+        state.data_wait_seconds += waited / (dist.get_world_size() if comm.active else 1)  # mean worker
         n = self.num_shards
         rows = summed[:n]
         for i, key in enumerate(samples_keys):
@@ -276,6 +280,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     window_tokens, window_seconds, window_wait, window_samples = 0, 0.0, 0.0, 0
     tokens_per_s = 0.0
     windows: list[dict[str, float]] = []  # tokens/s and data wait of each logging window
+    epoch_start_waits: list[float] = []  # this worker's wait for each epoch's first batch (pipeline start)
     accumulated = 0
     last_batch: dict[str, torch.Tensor] | None = None
     ddp = hasattr(model, "no_sync")
@@ -295,6 +300,8 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state.epoch = epoch
         step_started = time.monotonic()
         for batch, stats in batches_for_epoch(epoch):
+            if len(epoch_start_waits) < epoch - first_epoch + 1:
+                epoch_start_waits.append(round(stats.wait_s, 3))
             window_wait += stats.wait_s
             scale = 1.0
             if batch["input_ids"].shape[0] == 0:  # every row was undecodable: keep DDP in step
@@ -402,6 +409,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         "tokens_per_second": state.tokens_seen / elapsed,
         "throughput_windows": windows,
         "train_seconds": state.train_seconds,
+        # time the loop waited for a batch / training time (mean over workers, all attempts)
+        "data_wait_fraction": round(state.data_wait_seconds / elapsed, 4),
+        "epoch_start_wait_seconds": epoch_start_waits,  # rank 0, this attempt: the gap before each epoch
         "resumed": bool(state.resumed_from_steps),
         "resumed_from_steps": state.resumed_from_steps,
         "resume_shards": None if resumed_position is None else {

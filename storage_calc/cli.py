@@ -18,6 +18,7 @@ from typing import Any
 from storage_calc import units
 from storage_calc.compute import GPUS, SEED_PARAMS, Plan, PlanInputs, plan
 from storage_calc.estimate import LABELS, Assumptions, StorageEstimate, estimate, from_measurement
+from storage_calc.predecoded import PredecodedEstimate, predecoded_estimate
 
 EXIT_USAGE = 2
 
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
     sizes.add_argument("--video-size", type=_arg(units.parse_size), default=d.video_bytes,
                        metavar="SIZE", help="average video size (default: 20MB)")
 
+    sizes.add_argument("--decode", metavar="PRESET", choices=["tiny", "slm-63m"],
+                       help="also show the size as pre-decoded shards (slm-make-shards --decode "
+                            "PRESET) at this preset's media spec: tiny or slm-63m")
+
     planning = parser.add_argument_group("planning")
     planning.add_argument("--shard-size", type=_arg(_positive_size), default=p.shard_bytes,
                           metavar="SIZE", help="target shard size (default: 1GB)")
@@ -161,8 +166,9 @@ def _fmt(n_bytes: float, unit: str) -> str:
 
 
 def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
-                 measurement: Any = None) -> str:
-    """The human-readable report: the per-modality table, the total and the planning section."""
+                 measurement: Any = None, decoded: PredecodedEstimate | None = None) -> str:
+    """The human-readable report: the per-modality table (with a pre-decoded column when
+    ``decoded`` is given), the total and the planning section."""
     a, p = storage.assumptions, result.inputs
     lines: list[str] = []
     if measurement is not None:
@@ -170,6 +176,7 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
                else f"{units.format_count(measurement.objects)} objects listed")
         lines.append(f"Measured {measurement.uri} ({how} in "
                      f"{units.format_duration(measurement.seconds)})")
+        lines.append(f"Holds {measurement.describe_kind()}")
     else:
         lines.append("Estimated from counts x average sizes (1 GB = 10^9 bytes)")
     lines.append("")
@@ -184,13 +191,20 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
                      "", _fmt(storage.other_bytes, unit)))
     rows.append(("total", units.format_count(storage.total_count + storage.other_count), "",
                  _fmt(storage.total_bytes, unit)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    if decoded is not None:
+        extra = {LABELS[m]: _fmt(decoded.totals[m], unit) for m in decoded.totals}
+        extra["total"] = _fmt(decoded.total_bytes, unit)
+        rows = [rows[0] + (f"pre-decoded ({decoded.preset})",)] + [r + (extra.get(r[0], ""),) for r in rows[1:]]
+    columns = len(rows[0])
+    widths = [max(len(r[i]) for r in rows) for i in range(columns)]
     for i, r in enumerate(rows):
         if i == len(rows) - 1:
-            lines.append("-" * (sum(widths) + 6))
-        lines.append(f"{r[0]:<{widths[0]}}  {r[1]:>{widths[1]}}  {r[2]:>{widths[2]}}  "
-                     f"{r[3]:>{widths[3]}}".rstrip())
+            lines.append("-" * (sum(widths) + 2 * (columns - 1)))
+        cells = [f"{r[0]:<{widths[0]}}"] + [f"{r[k]:>{widths[k]}}" for k in range(1, columns)]
+        lines.append("  ".join(cells).rstrip())
     lines.append("")
+    if decoded is not None:
+        lines.append(_decoded_note(decoded, storage.total_bytes))
     if measurement is None:
         lines.append(f"Assumed: text {units.format_number(a.words_per_text)} words x "
                      f"{units.format_number(a.bytes_per_word)} bytes/word, image "
@@ -250,6 +264,16 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
     return "\n".join(lines)
 
 
+def _decoded_note(decoded: PredecodedEstimate, raw_bytes: int) -> str:
+    spec, per = decoded.spec, decoded.per_sample
+    ratio = raw_bytes / decoded.total_bytes if decoded.total_bytes else 0.0
+    return (f"Pre-decoded at the {decoded.preset} spec: image {spec['image_size']}px uint8 "
+            f"({units.format_size(per['image'])}), audio {spec['audio_n_mels']} mels float16 "
+            f"({units.format_size(per['audio'])}), video {spec['video_frames']} x {spec['video_size']}px uint8 "
+            f"({units.format_size(per['video'])}), text + int32 ids (at most {spec['max_text_tokens']}); "
+            f"{ratio:,.1f}x smaller than stored now, but fixed to this spec (another preset needs a re-pack)")
+
+
 def run(argv: Sequence[str] | None = None) -> tuple[StorageEstimate, Plan, Any, argparse.Namespace]:
     """Parse ``argv`` and compute everything; raises ``UsageError`` on bad input."""
     args = build_parser().parse_args(argv)
@@ -285,12 +309,16 @@ def run(argv: Sequence[str] | None = None) -> tuple[StorageEstimate, Plan, Any, 
     return storage, plan(storage, inputs), measurement, args
 
 
-def to_json(storage: StorageEstimate, result: Plan, measurement: Any = None) -> dict[str, Any]:
-    """The JSON document: bytes per modality and total, assumptions, planning, measurement."""
+def to_json(storage: StorageEstimate, result: Plan, measurement: Any = None,
+            decoded: PredecodedEstimate | None = None) -> dict[str, Any]:
+    """The JSON document: bytes per modality and total, assumptions, planning, measurement,
+    and (with ``--decode``) ``predecoded``."""
     data = storage.to_dict()
     data["plan"] = result.to_dict()
     if measurement is not None:
         data["measurement"] = measurement.to_dict()
+    if decoded is not None:
+        data["predecoded"] = decoded.to_dict()
     return data
 
 
@@ -301,10 +329,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
+    decoded = predecoded_estimate(storage, args.decode, args.tokens_per_word) if args.decode else None
     if args.json:
-        print(json.dumps(to_json(storage, result, measurement), indent=2))
+        print(json.dumps(to_json(storage, result, measurement, decoded), indent=2))
     else:
-        print(render_table(storage, result, args.unit, measurement))
+        print(render_table(storage, result, args.unit, measurement, decoded))
     return 0
 
 

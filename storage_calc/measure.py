@@ -79,6 +79,18 @@ class Measurement:
     shards: int | None = None
     rows: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    #: what the prefix holds: "raw" (shards of encoded media), "predecoded" (slm-make-shards
+    #: --decode; ``decoded_preset`` names the spec) or "files" (no shard summary: a listing)
+    kind: str = "files"
+    decoded_preset: str | None = None
+
+    def describe_kind(self) -> str:
+        """One phrase for the report: which kind of data the prefix holds."""
+        if self.kind == "predecoded":
+            return f"pre-decoded shards ({self.decoded_preset} spec: samples stored decoded)"
+        if self.kind == "raw":
+            return "raw shards (media stored encoded, decoded while training)"
+        return "media files (not packed into shards)"
 
     def count(self, modality: str) -> int:
         stats = self.modalities.get(modality)
@@ -90,7 +102,7 @@ class Measurement:
             "objects": self.objects, "shards": self.shards, "rows": self.rows,
             "seconds": round(self.seconds, 3),
             "modalities": {k: v.to_dict() for k, v in self.modalities.items()},
-            "notes": list(self.notes),
+            "notes": list(self.notes), "kind": self.kind, "decoded_preset": self.decoded_preset,
         }
 
 
@@ -168,8 +180,11 @@ def parse_summary(data: Any) -> dict[str, Any] | None:
     total = (_nonneg_int(data.get("bytes")) or shard_bytes
              or sum(stats.bytes for stats in modalities.values()))
     rows = data.get("rows")
+    decoded = data.get("decoded") if isinstance(data.get("decoded"), dict) else None
     return {"modalities": modalities, "shards": len(shards), "total_bytes": total,
-            "rows": _nonneg_int(rows) if rows is not None else None}
+            "rows": _nonneg_int(rows) if rows is not None else None,
+            "kind": "predecoded" if decoded else "raw",
+            "decoded_preset": str(decoded.get("preset", "?")) if decoded else None}
 
 
 def measure(uri: str, *, threads: int = LISTING_THREADS) -> Measurement:
@@ -239,7 +254,8 @@ def _read_summary(fs, summary_path: str, uri: str, started: float,
     return Measurement(uri=uri, source="shard-summary", modalities=modalities,
                        total_bytes=parsed["total_bytes"], objects=parsed["shards"],
                        seconds=time.monotonic() - started, shards=parsed["shards"],
-                       rows=parsed["rows"], notes=tuple(notes))
+                       rows=parsed["rows"], notes=tuple(notes), kind=parsed["kind"],
+                       decoded_preset=parsed["decoded_preset"])
 
 
 def _from_listing(files: list, uri: str, started: float, notes: list[str]) -> Measurement:

@@ -24,6 +24,9 @@ Media paths are confined to the manifest's folder/prefix (``media_paths.py``;
 ``--max-media-bytes`` (default 256 MB) is refused. A missing, refused or oversized media file is
 reported with its manifest line and the row is skipped and counted by reason; ``--strict`` makes
 it fatal.
+
+``--decode PRESET`` writes pre-decoded shards instead (``pack_decoded.py``, ``predecoded.py``):
+each sample decoded once, now, to the preset's media spec.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import secrets
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +50,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from multimodal import fs
+from multimodal.config import PRESETS
+from multimodal.data.failure_rate import DatasetBrokenError
 from multimodal.data.media_paths import (
     DEFAULT_MAX_MEDIA_BYTES, MediaMissing, MediaRefused, manifest_dir, read_media, resolve_media,
 )
@@ -132,11 +137,76 @@ def media_extension(path: str) -> str:
     return suffix.lower().lstrip(".")
 
 
+def iter_manifest_rows(manifest: str, summary: DatasetSummary, *, strict: bool = False, progress=None,
+                       allow_outside_paths: bool = False, max_media_bytes: int = DEFAULT_MAX_MEDIA_BYTES,
+                       start_entry: int = 0, on_skip: Callable[[int, str], None] | None = None
+                       ) -> Iterator[tuple[int, dict, int]]:
+    """``(manifest entry index, row, payload bytes)`` for every usable manifest row, media read as
+    encoded bytes under the confinement and size rules (``media_paths.py``); rows in the shard
+    schema without ``sample_id``. A skipped row is warned about on ``progress`` and counted in
+    ``summary.skipped_rows``/``skipped_by_reason`` (``strict``: ``ManifestError`` instead).
+    Entries before ``start_entry`` (a resumed pack's done part) are passed over unread;
+    ``on_skip(entry index, reason)`` is told of each skipped row."""
+    manifest = str(manifest)
+    base_dir = manifest_dir(manifest)
+    stem = posixpath.splitext(posixpath.basename(manifest))[0] or "sample"
+    for index, entry in enumerate(read_manifest(manifest)):
+        if index < start_entry:
+            continue
+        record = entry.fields
+        row = {"id": record["id"] or f"{stem}-{index:08d}", "text": record["text"], "prompt": record["prompt"]}
+        size = len(row["text"].encode()) + len(row["prompt"].encode()) + len(row["id"])
+        problem = reason = None
+        for modality in MEDIA_MODALITIES:
+            row[modality] = row[f"{modality}_ext"] = None
+            if not record[modality]:
+                continue
+            try:
+                location = resolve_media(base_dir, record[modality], allow_outside_paths)
+                data = read_media(location, int(max_media_bytes))
+            except MediaRefused as exc:
+                problem, reason = f"refused {modality} file: {exc}", "refused"
+                break
+            except (MediaMissing, IsADirectoryError, PermissionError):
+                problem, reason = f"missing {modality} file {record[modality]}", "missing"
+                break
+            except OSError as exc:
+                if "not found" in str(exc).lower() or "nosuchkey" in str(exc).lower():
+                    problem, reason = f"missing {modality} file {record[modality]}", "missing"
+                    break
+                raise
+            row[modality] = data
+            row[f"{modality}_ext"] = media_extension(location)
+            size += len(data)
+        if problem is None and not row["text"] and not any(row[m] is not None for m in MEDIA_MODALITIES):
+            problem, reason = "row has neither text nor media", "empty"
+        if problem is not None:
+            message = f"{manifest}:{entry.line}: {problem}"
+            if strict:
+                raise ManifestError(message)
+            summary.skipped_rows += 1
+            summary.skipped_by_reason[reason] = summary.skipped_by_reason.get(reason, 0) + 1
+            if on_skip is not None:
+                on_skip(index, reason)
+            if progress is not None:
+                print(f"warning: {message} (row skipped)", file=progress, flush=True)
+            continue
+        yield index, row, size
+
+
 class _ShardWriter:
     """Writes rows into size-capped shards, one row group per ``row_group_bytes`` of rows."""
 
-    def __init__(self, out_uri: str, target_shard_bytes: int, row_group_bytes: int, name_tag: str = ""):
+    def __init__(self, out_uri: str, target_shard_bytes: int, row_group_bytes: int, name_tag: str = "",
+                 *, schema: pa.Schema = SHARD_SCHEMA, compression: dict[str, str] | None = None,
+                 dictionary: Sequence[str] = ("id", "prompt", "image_ext", "audio_ext", "video_ext"),
+                 done_shards: Sequence[dict] = (), on_close: Callable[[], None] | None = None):
         self.out_uri = out_uri
+        self.schema = schema
+        self.compression = compression or {c: ("none" if c in MEDIA_MODALITIES else "zstd")
+                                           for c in schema.names}
+        self.dictionary = [c for c in dictionary if c in schema.names]
+        self.on_close = on_close  # called after each finished shard (resumable packs record it)
         self.name_tag = name_tag  # "" → shard-00000.parquet; "t" → shard-t-00000.parquet
         self.filesystem, self.root = fs.filesystem_for(out_uri)
         self.local = isinstance(self.filesystem, pafs.LocalFileSystem)
@@ -144,7 +214,7 @@ class _ShardWriter:
             Path(self.root).mkdir(parents=True, exist_ok=True)
         self.target = int(target_shard_bytes)
         self.row_group_bytes = max(1, min(int(row_group_bytes), self.target))
-        self.shards: list[dict] = []
+        self.shards: list[dict] = list(done_shards)  # a resumed pack continues the numbering
         self._buffer: list[dict] = []
         self._buffer_bytes = 0
         self._writer: pq.ParquetWriter | None = None
@@ -166,10 +236,8 @@ class _ShardWriter:
             handle, self._tmp_path = tempfile.mkstemp(prefix=".slm-shard-", suffix=".parquet")
             os.close(handle)
         self._writer = pq.ParquetWriter(
-            self._tmp_path, SHARD_SCHEMA,
-            compression={c: ("none" if c in MEDIA_MODALITIES else "zstd") for c in SHARD_SCHEMA.names},
-            use_dictionary=["id", "prompt", "image_ext", "audio_ext", "video_ext"],
-            write_statistics=["sample_id"],
+            self._tmp_path, self.schema, compression=self.compression,
+            use_dictionary=self.dictionary, write_statistics=["sample_id"],
         )
         self._rows = self._bytes = self._row_groups = 0
 
@@ -187,7 +255,7 @@ class _ShardWriter:
 
     def _flush(self) -> None:
         if self._buffer and self._writer is not None:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=SHARD_SCHEMA),
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema),
                                      row_group_size=len(self._buffer))
             self._row_groups += 1
         self._buffer, self._buffer_bytes = [], 0
@@ -213,13 +281,16 @@ class _ShardWriter:
         self._finished_paths.append(final)
         # row_groups: readers split the work per row group (multimodal/data/pipeline.py)
         self.shards.append({"path": name, "rows": self._rows, "bytes": size, "row_groups": self._row_groups})
+        if self.on_close is not None:
+            self.on_close()
 
     def finish(self) -> list[dict]:
         self._close_shard()
         return self.shards
 
-    def abort(self) -> None:
-        """Remove this run's temporary file and finished shards (best effort)."""
+    def abort(self, keep_finished: bool = False) -> None:
+        """Remove this run's temporary file and (unless ``keep_finished``: a resumable pack)
+        its finished shards (best effort)."""
         if self._writer is not None:
             try:
                 self._writer.close()
@@ -227,6 +298,8 @@ class _ShardWriter:
                 pass
         if self._tmp_path and os.path.exists(self._tmp_path):
             os.unlink(self._tmp_path)
+        if keep_finished:
+            return
         for path in self._finished_paths:
             try:
                 self.filesystem.delete_file(path)
@@ -317,62 +390,26 @@ def make_shards(manifest: str, out_uri: str, target_shard_bytes: float = DEFAULT
         raise ManifestError("target shard size must be positive")
     if max_media_bytes <= 0:
         raise ManifestError("max media bytes must be positive")
-    base_dir = manifest_dir(manifest)
-    stem = posixpath.splitext(posixpath.basename(manifest))[0] or "sample"
     name_tag, previous = _claim_output(out_uri, overwrite)
     summary = DatasetSummary()
     writer = _ShardWriter(out_uri, int(target_shard_bytes), int(row_group_bytes), name_tag)
     meter = _Progress(progress)
-    rows = skipped = 0
+    rows = 0
     try:
-        for index, entry in enumerate(read_manifest(manifest)):
-            record = entry.fields
-            row = {"sample_id": rows, "id": record["id"] or f"{stem}-{index:08d}",
-                   "text": record["text"], "prompt": record["prompt"]}
-            size = len(row["text"].encode()) + len(row["prompt"].encode()) + len(row["id"])
-            problem = reason = None
-            for modality in MEDIA_MODALITIES:
-                row[modality] = row[f"{modality}_ext"] = None
-                if not record[modality]:
-                    continue
-                try:
-                    location = resolve_media(base_dir, record[modality], allow_outside_paths)
-                    data = read_media(location, int(max_media_bytes))
-                except MediaRefused as exc:
-                    problem, reason = f"refused {modality} file: {exc}", "refused"
-                    break
-                except (MediaMissing, IsADirectoryError, PermissionError):
-                    problem, reason = f"missing {modality} file {record[modality]}", "missing"
-                    break
-                except OSError as exc:
-                    if "not found" in str(exc).lower() or "nosuchkey" in str(exc).lower():
-                        problem, reason = f"missing {modality} file {record[modality]}", "missing"
-                        break
-                    raise
-                row[modality] = data
-                row[f"{modality}_ext"] = media_extension(location)
-                size += len(data)
-            if problem is None and not row["text"] and not any(row[m] is not None for m in MEDIA_MODALITIES):
-                problem, reason = "row has neither text nor media", "empty"
-            if problem is not None:
-                message = f"{manifest}:{entry.line}: {problem}"
-                if strict:
-                    raise ManifestError(message)
-                skipped += 1
-                summary.skipped_by_reason[reason] = summary.skipped_by_reason.get(reason, 0) + 1
-                if progress is not None:
-                    print(f"warning: {message} (row skipped)", file=progress, flush=True)
-                continue
+        for _, row, size in iter_manifest_rows(manifest, summary, strict=strict, progress=progress,
+                                               allow_outside_paths=allow_outside_paths,
+                                               max_media_bytes=max_media_bytes):
+            row["sample_id"] = rows
             _count(summary, row)
             writer.add(row, size)
             rows += 1
-            meter.update(rows, skipped, len(writer.shards), summary.bytes)
+            meter.update(rows, summary.skipped_rows, len(writer.shards), summary.bytes)
         summary.shards = writer.finish()
     except BaseException:
         writer.abort()
         raise
     summary.rows = rows
-    summary.skipped_rows = skipped
+    skipped = summary.skipped_rows
     summary.bytes = sum(s["bytes"] for s in summary.shards)
     if rows == 0:
         writer.abort()
@@ -453,22 +490,49 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-media-bytes", type=_size, default=DEFAULT_MAX_MEDIA_BYTES, metavar="SIZE",
                         help="refuse a media file larger than this (default 256MB)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    decoded = parser.add_argument_group(
+        "pre-decoded shards", "store samples already decoded to a preset's media spec (docs/data.md)")
+    decoded.add_argument("--decode", metavar="PRESET", choices=sorted(PRESETS),
+                         help="decode every sample now, to this preset's spec (tiny, slm-63m): uint8 "
+                              "pixels, float16 log-mels, token ids; training then only reads them")
+    decoded.add_argument("--tokenizer", metavar="URI",
+                         help="with --decode: tokenizer.json to tokenize with (default: train one on "
+                              "the manifest's text)")
+    decoded.add_argument("--vocab-size", type=int, metavar="N",
+                         help="with --decode: vocabulary of the tokenizer trained here (default: the preset's)")
+    decoded.add_argument("--workers", type=int, metavar="N",
+                         help="with --decode: decode processes (default: this machine's CPUs)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.decode is None and (args.tokenizer or args.vocab_size or args.workers):
+        parser.error("--tokenizer, --vocab-size and --workers go with --decode PRESET")
+    if (args.workers is not None and args.workers < 1) or (args.vocab_size is not None and args.vocab_size < 260):
+        parser.error("--workers must be >= 1 and --vocab-size >= 260")
+    common = dict(strict=args.strict, row_group_bytes=args.row_group_size,
+                  progress=None if args.quiet else sys.stderr, overwrite=args.overwrite,
+                  allow_outside_paths=args.allow_outside_paths, max_media_bytes=int(args.max_media_bytes))
     try:
-        make_shards(args.manifest, args.out, args.target_shard_size, args.strict,
-                    row_group_bytes=args.row_group_size, progress=None if args.quiet else sys.stderr,
-                    overwrite=args.overwrite, allow_outside_paths=args.allow_outside_paths,
-                    max_media_bytes=int(args.max_media_bytes))
+        if args.decode:
+            from multimodal.data.pack_decoded import pack_decoded
+
+            pack_decoded(args.manifest, args.out, args.decode, tokenizer=args.tokenizer,
+                         vocab_size=args.vocab_size, workers=args.workers,
+                         target_shard_bytes=args.target_shard_size, **common)
+        else:
+            make_shards(args.manifest, args.out, args.target_shard_size, **common)
     except ManifestError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as exc:
         print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
+    except DatasetBrokenError as exc:
+        print(f"error: dataset broken: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

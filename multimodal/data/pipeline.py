@@ -7,7 +7,9 @@ video with PyAV, text with the ``tokenizers`` tokenizer. For Parquet the dataset
 row group ("read unit"); each decode actor (``ParquetUnitDecoder``) reads its row group from the
 store itself, ``batch_size`` rows at a time, so encoded bytes never pass through the object store
 (``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
-by ``ray.data.read_webdataset`` tasks and decoded by ``SampleProcessor`` actors.
+by ``ray.data.read_webdataset`` tasks and decoded by ``SampleProcessor`` actors. Pre-decoded
+shards (``slm-make-shards --decode``, ``data/predecoded.py``) are read by ``read_predecoded_units``
+tasks, which only slice and copy what ``SampleProcessor`` wrote when the shards were packed.
 
 Output columns: **wire rows** (``data/wire.py``): the text keys and ``<m>_present`` masks of
 ``multimodal/batch.py``, each modality as one binary value (uint8 pixels / float32 log-mel bytes,
@@ -48,6 +50,7 @@ from multimodal.config import MediaSpec
 from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
 from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
+from multimodal.data.predecoded import is_predecoded, read_predecoded_units
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
 from multimodal.data.wire import media_shape, wire_table
@@ -193,6 +196,12 @@ class SampleProcessor:
             out[present_key(modality)] = np.array([a is not None for a in media[modality]], dtype=bool)
         return out, media
 
+    def decode_compact(self, rows: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, list]]:
+        """Rows in the shard schema → (text/mask/extra columns, per modality the compact arrays:
+        uint8 pixels, float32 log-mels, None where absent or bad): what the wire rows and the
+        pre-decoded shards (``predecoded.py``) hold."""
+        return self._decode(rows, COMPACT_DECODERS)
+
     def process_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
         """Rows in the shard schema → a dense contract batch (float32 media, zeros where absent)."""
         out, media = self._decode(rows, DECODERS)
@@ -211,7 +220,7 @@ class SampleProcessor:
     def __call__(self, batch: dict):
         """A batch of shard rows → a ``pyarrow.Table`` of wire rows (``data/wire.py``): what the
         Ray pipeline ships."""
-        out, media = self._decode(self._rows_from_batch(batch), COMPACT_DECODERS)
+        out, media = self.decode_compact(self._rows_from_batch(batch))
         return wire_table(out, media)
 
 
@@ -361,6 +370,17 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     tok = as_tokenizer(tokenizer).to_str()
     if runtime_env is None:
         runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
+    if kind == "parquet" and _predecoded(uri):
+        _, units = read_units(uri, shards)
+        # pre-decoded shards (data/predecoded.py): reading is a copy, so plain tasks do it: they
+        # run in Ray's reusable worker processes (no torch import), where decode actors would be
+        # started again with every epoch's execution
+        tasks = concurrency[1] if isinstance(concurrency, tuple) else concurrency
+        return ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS)).map_batches(
+            read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
+                                              "batch_size": unit_batch_rows},
+            batch_size=1, batch_format="numpy", concurrency=max(1, int(tasks)),
+            num_cpus=num_cpus, runtime_env=runtime_env)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
         # one block (= one actor task) per unit, so the actors share even a small dataset; capped
@@ -398,6 +418,11 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         batch_size=batch_size, batch_format="numpy", compute=_actor_pool(concurrency), num_cpus=num_cpus,
         **remote,
     )
+
+
+def _predecoded(uri) -> bool:
+    """True when ``uri`` is a pre-decoded shard prefix (``slm-make-shards --decode``)."""
+    return isinstance(uri, str) and is_predecoded(schema.read_summary(uri))
 
 
 def _actor_pool(concurrency: int | tuple[int, int]):

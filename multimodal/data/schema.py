@@ -28,6 +28,7 @@ import pyarrow as pa
 from multimodal import fs
 
 SCHEMA_VERSION = 1
+MAX_READ_SCHEMA_VERSION = 2  # 2: pre-decoded shards (data/predecoded.py)
 SUMMARY_NAME = "_dataset.json"
 MEDIA_MODALITIES: tuple[str, ...] = ("image", "audio", "video")
 ALL_MODALITIES: tuple[str, ...] = ("text",) + MEDIA_MODALITIES
@@ -68,6 +69,9 @@ class DatasetSummary:
     skipped_by_reason: dict[str, int] = field(default_factory=dict)
     format: str = "parquet"
     created_by: str = "slm-make-shards"
+    # pre-decoded shards only (data/predecoded.py): {"preset", "media_spec", "tokenizer",
+    # "tokenizer_sha256", "audio_dtype", "bad": {modality: n}}; None for raw shards
+    decoded: dict | None = None
 
     @property
     def shard_names(self) -> list[str]:
@@ -82,9 +86,9 @@ class DatasetSummary:
     @classmethod
     def from_dict(cls, data: dict) -> "DatasetSummary":
         version = int(data.get("schema_version", 0))
-        if version > SCHEMA_VERSION:
+        if version > MAX_READ_SCHEMA_VERSION:
             raise ValueError(f"dataset summary has schema_version {version}; this code reads up to "
-                             f"{SCHEMA_VERSION}")
+                             f"{MAX_READ_SCHEMA_VERSION}")
         known = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
         summary = cls(**known)
         for modality in ALL_MODALITIES:

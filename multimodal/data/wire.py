@@ -69,12 +69,17 @@ def media_array(arrays: Sequence[np.ndarray | None], modality: str):
 
 def wire_table(columns: dict[str, np.ndarray], media: dict[str, Sequence[np.ndarray | None]]):
     """A wire batch as a ``pyarrow.Table``: ``columns`` (numpy, converted as Ray Data converts
-    them: n-d arrays become its tensor columns) plus one ``media_array`` per modality."""
+    them: n-d arrays become its tensor columns) plus one ``media_array`` per modality (or the
+    wire column itself, when ``media[m]`` already is an Arrow binary array)."""
     from ray.data.block import BlockAccessor
+
+    import pyarrow as pa
 
     table = BlockAccessor.batch_to_block(columns)
     for modality in MODALITIES:
-        table = table.append_column(modality, media_array(media[modality], modality))
+        values = media[modality]  # a ready Arrow binary column passes through (pre-decoded shards)
+        column = values if isinstance(values, pa.Array) else media_array(values, modality)
+        table = table.append_column(modality, column)
     return table
 
 
