@@ -517,25 +517,33 @@ class MemorySampler(threading.Thread):
                 "flat": bool(max(pss) - pss[0] < FLAT_SLACK_MB)}
 
 
+def consume_units(units: list[dict], spec: MediaSpec, batch_size: int, read_unit) -> int:
+    """One process turning read units into model-ready batches: ``read_unit(path, row_group)``
+    yields wire tables (what the pipeline's actors produce), then each ``batch_size`` slice goes
+    through ``training_collate`` + ``model_batch`` (what the consumer does). Returns valid rows."""
+    from multimodal.data.loader import model_batch, training_collate
+
+    collate = training_collate(spec)
+    rows = 0
+    for unit in units:
+        for table in read_unit(unit["path"], unit["row_group"]):
+            for offset in range(0, table.num_rows, batch_size):
+                _, stats = model_batch(collate(table.slice(offset, batch_size)), spec)
+                rows += stats.valid
+    return rows
+
+
 def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int, decode_rows: int | None = None
              ) -> tuple[int, float]:
     """One process running the Ray side's code without Ray: ``ParquetUnitDecoder`` reads and
-    decodes each row group from S3 into wire tables (what the decode actors do), then each
-    ``batch_size`` slice goes through ``training_collate`` + ``model_batch`` (what the consumer
-    does): model-ready batches, the same work, no transport."""
-    from multimodal.data.loader import model_batch, training_collate
+    decodes each row group from S3 into wire tables (what the decode actors do), then the same
+    consumer steps: model-ready batches, the same work, no transport."""
     from multimodal.data.pipeline import DEFAULT_UNIT_BATCH_ROWS, ParquetUnitDecoder, read_units
 
     start = time.perf_counter()
     names, units = read_units(uri)
     decoder = ParquetUnitDecoder(spec, tok_json, names, batch_size=decode_rows or DEFAULT_UNIT_BATCH_ROWS)
-    collate = training_collate(spec)
-    rows = 0
-    for unit in units:
-        for table in decoder.decode_unit(unit["path"], unit["row_group"]):
-            for offset in range(0, table.num_rows, batch_size):
-                _, stats = model_batch(collate(table.slice(offset, batch_size)), spec)
-                rows += stats.valid
+    rows = consume_units(units, spec, batch_size, decoder.decode_unit)
     return rows, time.perf_counter() - start
 
 
@@ -563,22 +571,14 @@ def local_predecoded(modality: str, samples: int, args, tok_json: str) -> tuple[
 
 def predecoded_read(uri: str, spec: MediaSpec, batch_size: int) -> tuple[int, float]:
     """One process reading pre-decoded shards into model-ready batches: ``PredecodedUnitReader``
-    (what the pipeline's actors run for such shards) + ``training_collate`` + ``model_batch``,
-    the same consumer steps as ``baseline``."""
-    from multimodal.data.loader import model_batch, training_collate
+    (what the pipeline's actors run for such shards), then the same consumer steps as ``baseline``."""
     from multimodal.data.pipeline import read_units
     from multimodal.data.predecoded import PredecodedUnitReader
 
     start = time.perf_counter()
     names, units = read_units(uri)
     reader = PredecodedUnitReader(spec, names)
-    collate = training_collate(spec)
-    rows = 0
-    for unit in units:
-        for table in reader.read_unit(unit["path"], unit["row_group"]):
-            for offset in range(0, table.num_rows, batch_size):
-                _, stats = model_batch(collate(table.slice(offset, batch_size)), spec)
-                rows += stats.valid
+    rows = consume_units(units, spec, batch_size, reader.read_unit)
     return rows, time.perf_counter() - start
 
 
