@@ -86,4 +86,4 @@ def test_a_manifest_as_data_is_packed_once_under_the_run(ray_cluster, s3_server,
     assert sorted(k for k in s3_server.keys(bucket, "runs/csv/data/train/") if k.endswith(".parquet")) == shard_keys
     # a dry run of a new name counts the manifest and packs nothing
     assert run(job_config(bucket, manifest, "csv-dry"), dry_run=True)["data"]["rows"] == 24
-    assert s3_server.keys(bucket, "runs/csv-dry/") == []
+    assert s3_server.keys(bucket, "runs/csv-dry/data") == []
