@@ -99,6 +99,8 @@ def iter_tar_samples(uri: str) -> Iterator[dict]:
             base = posixpath.basename(member.name)
             dirname = posixpath.dirname(member.name)
             this_key, _, suffix = base.partition(".")
+            if not this_key or not suffix:  # "._x.jpg", "README": no sample key (Ray's reader skips them too)
+                continue
             this_key = posixpath.join(dirname, this_key) if dirname else this_key
             if key is not None and this_key != key:
                 yield map_members(key, members)

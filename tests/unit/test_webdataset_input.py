@@ -130,3 +130,27 @@ def test_oversized_member_is_refused_and_counted(corpus, tmp_path):
     summary = make_shards(str(prefix), str(tmp_path / "o"), progress=None, max_media_bytes=limit)
     assert summary.skipped_by_reason == {"refused": 2, "empty": 1}
     assert summary.rows == 18
+
+
+def test_index_counts_the_samples_rays_reader_yields(corpus, tmp_path):
+    """Members without a sample key (macOS ``._x`` files, a README) are not samples for Ray's
+    WebDataset reader; the index must count the same samples, or the step plan and resume drift."""
+    import io
+    import tarfile
+
+    from ray.data._internal.datasource.webdataset_datasource import _group_by_keys, _tar_file_iterator
+
+    from multimodal.data.tar_index import index_tar
+
+    _, _, tars = corpus
+    mixed = tmp_path / "mixed.tar"
+    with tarfile.open(tars[0]) as source, tarfile.open(mixed, "w") as out:
+        for member in source.getmembers():
+            out.addfile(member, source.extractfile(member))
+        for name in ("._000099.jpg", "README"):
+            info = tarfile.TarInfo(name)
+            info.size = 3
+            out.addfile(info, io.BytesIO(b"abc"))
+    with open(mixed, "rb") as handle:
+        ray_keys = [s["__key__"] for s in _group_by_keys(_tar_file_iterator(handle))]
+    assert index_tar(str(mixed))["rows"] == len(ray_keys) == 8
