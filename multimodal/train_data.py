@@ -150,7 +150,8 @@ def storage_estimate(data: TrainData) -> dict[str, Any]:
     from storage_calc.measure import from_summary, measure
 
     if data.summary is not None:
-        return from_summary(data.uri, data.summary.to_dict()).to_dict()
+        source = "tar-index" if data.kind == "webdataset" else "shard-summary"
+        return from_summary(data.uri, data.summary.to_dict(), source=source).to_dict()
     if data.kind == "manifest":
         return {"uri": data.uri, "rows": data.rows, "note": "manifest not packed yet (dry run)"}
     return measure(data.uri).to_dict()

@@ -181,8 +181,9 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
     a = storage.assumptions
     lines: list[str] = []
     if measurement is not None:
-        how = ("shard summary _dataset.json" if measurement.source == "shard-summary"
-               else f"{units.format_count(measurement.objects)} objects listed")
+        how = {"shard-summary": "shard summary _dataset.json",
+               "tar-index": f"{units.format_count(measurement.objects)} tars indexed"}.get(
+            measurement.source, f"{units.format_count(measurement.objects)} objects listed")
         lines.append(f"Measured {measurement.uri} ({how} in "
                      f"{units.format_duration(measurement.seconds)})")
         lines.append(f"Holds {measurement.describe_kind()}")

@@ -66,8 +66,9 @@ class ModalityStats:
 class Measurement:
     """What is stored at ``uri``: per-modality counts and bytes, and the total.
 
-    ``source`` is ``"listing"`` (objects grouped by extension; ``other`` holds the rest) or
-    ``"shard-summary"`` (counts and bytes read from ``_dataset.json``; ``shards`` is set).
+    ``source`` is ``"listing"`` (objects grouped by extension; ``other`` holds the rest),
+    ``"shard-summary"`` (counts and bytes read from ``_dataset.json``; ``shards`` is set) or
+    ``"tar-index"`` (WebDataset tars indexed, ``data/tar_index.py``).
     """
 
     uri: str
@@ -259,12 +260,14 @@ def _read_summary(fs, summary_path: str, uri: str, started: float,
     return from_summary(uri, data, started, tuple(notes))
 
 
-def from_summary(uri: str, data: dict, started: float | None = None, notes: tuple[str, ...] = ()) -> Measurement:
-    """A ``Measurement`` from a ``_dataset.json`` document (or a tar index, ``data/tar_index.py``)."""
+def from_summary(uri: str, data: dict, started: float | None = None, notes: tuple[str, ...] = (),
+                 source: str = "shard-summary") -> Measurement:
+    """A ``Measurement`` from a ``_dataset.json`` document (or a tar index, ``data/tar_index.py``:
+    ``source="tar-index"``)."""
     parsed = parse_summary(data)
     if parsed is None:
         raise MeasureError(f"{uri}: the shard summary has no 'modalities' section")
-    return Measurement(uri=uri, source="shard-summary", modalities=dict(parsed["modalities"]),
+    return Measurement(uri=uri, source=source, modalities=dict(parsed["modalities"]),
                        total_bytes=parsed["total_bytes"], objects=parsed["shards"],
                        seconds=time.monotonic() - started if started else 0.0, shards=parsed["shards"],
                        rows=parsed["rows"], notes=tuple(notes), kind=parsed["kind"],
@@ -282,7 +285,7 @@ def _from_tars(uri: str, started: float) -> Measurement:
     except TarIndexError as exc:
         raise MeasureError(str(exc)) from None
     source = summary.created_by.split("(", 1)[-1].rstrip(")")
-    return from_summary(uri, summary.to_dict(), started, (f"WebDataset tars indexed from {source}",))
+    return from_summary(uri, summary.to_dict(), started, (f"WebDataset tars indexed from {source}",), "tar-index")
 
 
 def _from_listing(files: list, uri: str, started: float, notes: list[str]) -> Measurement:
