@@ -98,7 +98,8 @@ def test_estimate_from_a_tar_prefix(corpus, capsys):
     assert measured["kind"] == "webdataset" and measured["rows"] == 21
     assert measured["modalities"]["video"]["count"] == 5
     assert main(["--from", str(prefix)]) == 0
-    assert "Holds WebDataset tars" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Holds WebDataset tars" in out and "(3 tars indexed in" in out
 
 
 def test_raw_pack_from_tars_matches_the_manifest(corpus, tmp_path):
