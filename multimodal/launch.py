@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
 from typing import Any
 
 from multimodal import fs
@@ -19,7 +18,8 @@ from multimodal.checkpoint import latest_checkpoint_metrics, latest_data_positio
 from multimodal.job_config import ConfigError, JobConfig
 from multimodal.run_stop import clear_broken_dataset, raise_if_stopped
 from multimodal.train_data import (
-    PreflightError, TrainData, check_data_spec, check_data_tokenizer, describe_data, storage_estimate,
+    PreflightError, TrainData, check_data_spec, check_data_tokenizer, check_writable, describe_data,
+    storage_estimate,
 )
 
 
@@ -31,17 +31,6 @@ def run_uri(job: JobConfig) -> str:
 
 
 # --- preflight (the data part: multimodal/train_data.py) ---------------------------------
-def check_writable(uri: str) -> None:
-    """Write and remove a probe object under ``uri``."""
-    probe = fs.join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
-    try:
-        fs.write_bytes_atomic(probe, b"ok")
-        filesystem, path = fs.filesystem_for(probe)
-        filesystem.delete_file(path)
-    except OSError as exc:
-        raise PreflightError(f"storage path {uri} is not writable: {str(exc).splitlines()[0]}") from None
-
-
 def _cluster_cpus(capacity) -> float:
     """The CPUs the job may be sized against: what is up, or the node types at their maximum."""
     if capacity.autoscaling and capacity.node_types:
@@ -236,12 +225,12 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
         raise ConfigError("config error: data.train: no training data; pass --data s3://bucket/prefix")
     started = time.time()
     run = run_uri(job)
-    check_writable(run)  # a tar index is cached, and a manifest packed, under the run
     train_data = describe_data(job.data.train, run=run, dry_run=dry_run)
     val_data = describe_data(job.data.val, "validation", run, dry_run) if job.data.val else None
     for data, role in ((train_data, "training"), (val_data, "validation")):
         if data is not None:
             check_data_spec(job, data, role)  # pre-decoded shards: fail before anything starts
+    check_writable(run)
     base_cfg = _finetune_base_config(job)
     _ray_init()
     if fs.is_s3(train_data.uri):

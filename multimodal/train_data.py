@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,6 +46,17 @@ class TrainData:
     summary: Any = None
 
 
+def check_writable(uri: str) -> None:
+    """Write and remove a probe object under ``uri``."""
+    probe = fs.join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        fs.write_bytes_atomic(probe, b"ok")
+        filesystem, path = fs.filesystem_for(probe)
+        filesystem.delete_file(path)
+    except OSError as exc:
+        raise PreflightError(f"storage path {uri} is not writable: {str(exc).splitlines()[0]}") from None
+
+
 def is_manifest(uri: str) -> bool:
     """A CSV/JSONL manifest file (by its name), not a shard prefix."""
     return str(uri).lower().rstrip("/").endswith(MANIFEST_SUFFIXES) and not str(uri).endswith("_dataset.json")
@@ -67,7 +79,10 @@ def describe_data(uri: str, role: str = "training", run: str | None = None, dry_
             return _manifest_data(uri, role, run, dry_run)
         summary = None if str(uri).endswith(".tar") else read_summary(uri)
         if summary is None and is_tar_prefix(uri):
-            cache = fs.join(run, "data", f"{ROLE_FOLDERS.get(role, role)}-wds-index.json") if run else None
+            cache = None
+            if run:
+                check_writable(run)  # the index is cached under the run
+                cache = fs.join(run, "data", f"{ROLE_FOLDERS.get(role, role)}-wds-index.json")
             return _from_summary(uri, index_prefix(uri, cache), "webdataset")
     except (OSError, TarIndexError) as exc:
         raise PreflightError(f"{role} data {uri} is not reachable: {str(exc).splitlines()[0]}") from None
@@ -102,6 +117,7 @@ def _manifest_data(manifest: str, role: str, run: str | None, dry_run: bool) -> 
             rows = sum(1 for _ in read_manifest(manifest))
             return TrainData(uri=target, shard_names=[], shard_rows=[], rows=rows, bytes=0, modalities={},
                              kind="manifest")
+        check_writable(run)
         print(f"{role} data: packing manifest {manifest} into {target} (once: later runs named like "
               f"this one reuse it)", flush=True)
         summary = make_shards(manifest, target, progress=sys.stderr, overwrite=True)
@@ -157,5 +173,5 @@ def storage_estimate(data: TrainData) -> dict[str, Any]:
     return measure(data.uri).to_dict()
 
 
-__all__ = ["TrainData", "PreflightError", "describe_data", "check_data_spec", "check_data_tokenizer",
+__all__ = ["TrainData", "PreflightError", "describe_data", "check_writable", "check_data_spec", "check_data_tokenizer",
            "storage_estimate", "is_manifest"]

@@ -87,3 +87,15 @@ def test_a_manifest_as_data_is_packed_once_under_the_run(ray_cluster, s3_server,
     # a dry run of a new name counts the manifest and packs nothing
     assert run(job_config(bucket, manifest, "csv-dry"), dry_run=True)["data"]["rows"] == 24
     assert s3_server.keys(bucket, "runs/csv-dry/data") == []
+
+
+def test_make_shards_from_an_s3_tar_prefix_matches_the_manifest(s3_server, corpus):
+    from multimodal.data.make_shards import main as make_shards_main
+    from multimodal.data.schema import read_summary
+
+    bucket, manifest, tars = corpus
+    assert make_shards_main([tars, "--out", f"s3://{bucket}/packed/tars", "--quiet"]) == 0
+    assert make_shards_main([manifest, "--out", f"s3://{bucket}/packed/manifest", "--quiet"]) == 0
+    from_tars, from_manifest = read_summary(f"s3://{bucket}/packed/tars"), read_summary(f"s3://{bucket}/packed/manifest")
+    assert from_tars.rows == from_manifest.rows == 24
+    assert from_tars.modalities == from_manifest.modalities
