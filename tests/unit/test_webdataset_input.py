@@ -155,3 +155,19 @@ def test_index_counts_the_samples_rays_reader_yields(corpus, tmp_path):
     with open(mixed, "rb") as handle:
         ray_keys = [s["__key__"] for s in _group_by_keys(_tar_file_iterator(handle))]
     assert index_tar(str(mixed))["rows"] == len(ray_keys) == 8
+
+
+def test_decoded_pack_from_tars_resumes_where_it_stopped(corpus, tmp_path):
+    import pyarrow.parquet as pq
+
+    from multimodal.data.pack_decoded import PackInterrupted
+
+    _, prefix, _ = corpus
+    out = tmp_path / "resumed"
+    options = dict(workers=1, vocab_size=270, progress=None, target_shard_bytes=20_000)
+    with pytest.raises(PackInterrupted):
+        pack_decoded(str(prefix), str(out), "tiny", stop_after_shards=1, **options)
+    summary = pack_decoded(str(prefix), str(out), "tiny", **options)
+    assert summary.rows == 20 and summary.skipped_rows == 1 and len(summary.shards) > 1
+    ids = [i for s in summary.shards for i in pq.read_table(out / s["path"], columns=["sample_id"])["sample_id"].to_pylist()]
+    assert ids == list(range(20))  # nothing lost or packed twice
