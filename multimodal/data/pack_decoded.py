@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,7 +41,7 @@ from multimodal.data.media_paths import DEFAULT_MAX_MEDIA_BYTES
 from multimodal.data.schema import (
     ALL_MODALITIES, MEDIA_MODALITIES, DatasetSummary, read_summary, write_summary,
 )
-from multimodal.data.shard_writer import ShardWriter, claim_output, remove_replaced
+from multimodal.data.shard_writer import RateLimited, ShardWriter, claim_output, delete_quietly, remove_replaced
 from multimodal.data.sources import iter_source_rows, source_texts
 
 PROGRESS_NAME = "_pack_progress.json"
@@ -150,30 +149,19 @@ def _read_progress(out_uri: str) -> dict | None:
 
 def _discard_half_done(out_uri: str, state: dict) -> None:
     """Remove a half-done pack's own files (its shards, tokenizer and progress file)."""
-    filesystem, root = fs.filesystem_for(out_uri)
-    names = [s["path"] for s in state.get("shards", [])] + [state.get("tokenizer", ""), PROGRESS_NAME]
-    for name in names:
-        if name and "/" not in name:
-            try:
-                filesystem.delete_file(f"{root.rstrip('/')}/{name}")
-            except OSError:
-                pass
+    delete_quietly(out_uri, [s["path"] for s in state.get("shards", [])] + [state.get("tokenizer", ""), PROGRESS_NAME])
 
 
-class _Meter:
+class _Meter(RateLimited):
     def __init__(self, stream, workers: int, every_s: float = 2.0):
-        self.stream, self.workers, self.every_s = stream, workers, every_s
-        self.start = self.last = time.monotonic()
-        self.decoded = 0
+        super().__init__(stream, every_s)
+        self.workers, self.decoded = workers, 0
 
     def update(self, summary: DatasetSummary, bad: dict[str, int], shards: int, force: bool = False) -> None:
-        now = time.monotonic()
-        if self.stream is None or (not force and now - self.last < self.every_s):
+        if not self.due(force):
             return
-        self.last = now
-        rate = self.decoded / max(now - self.start, 1e-9)
         bad_text = ", ".join(f"{m} {bad[m]}" for m in MEDIA_MODALITIES)
-        print(f"decoded {summary.rows} rows ({rate:.1f} rows/s this run, {self.workers} worker(s)), "
+        print(f"decoded {summary.rows} rows ({self.rate(self.decoded):.1f} rows/s this run, {self.workers} worker(s)), "
               f"{shards} shard(s) done, bad {bad_text}, skipped {summary.skipped_rows}",
               file=self.stream, flush=True)
 
@@ -360,16 +348,8 @@ def _count_decoded(summary: DatasetSummary, bad: dict[str, int], record: dict) -
 
 def _remove_stale(out_uri: str, previous: DatasetSummary | None, tokenizer_name: str) -> None:
     """After publishing: the progress file, and the replaced dataset's own tokenizer file."""
-    filesystem, root = fs.filesystem_for(out_uri)
-    names = [PROGRESS_NAME]
     old = (previous.decoded or {}).get("tokenizer") if previous is not None else None
-    if old and old != tokenizer_name and "/" not in old:
-        names.append(old)
-    for name in names:
-        try:
-            filesystem.delete_file(f"{root.rstrip('/')}/{name}")
-        except OSError:
-            pass
+    delete_quietly(out_uri, [PROGRESS_NAME] + ([old] if old and old != tokenizer_name else []))
 
 
 __all__ = ["pack_decoded", "decode_chunk", "PROGRESS_NAME", "PackInterrupted"]

@@ -133,19 +133,45 @@ class ShardWriter:
                 pass
 
 
-class Progress:
+class RateLimited:
+    """A progress printer that speaks at most every ``every_s`` seconds (``force``: now)."""
+
     def __init__(self, stream, every_s: float = 2.0):
         self.stream, self.every_s = stream, every_s
         self.start = self.last = time.monotonic()
 
-    def update(self, rows: int, skipped: int, shards: int, nbytes: int, force: bool = False) -> None:
+    def due(self, force: bool = False) -> bool:
         now = time.monotonic()
         if self.stream is None or (not force and now - self.last < self.every_s):
-            return
+            return False
         self.last = now
-        rate = rows / max(now - self.start, 1e-9)
-        print(f"packed {rows} rows ({nbytes / 1e6:.1f} MB, {shards} shard(s) done), "
-              f"skipped {skipped}, {rate:.0f} rows/s", file=self.stream, flush=True)
+        return True
+
+    def rate(self, count: int) -> float:
+        return count / max(time.monotonic() - self.start, 1e-9)
+
+
+class Progress(RateLimited):
+    def update(self, rows: int, skipped: int, shards: int, nbytes: int, force: bool = False) -> None:
+        if self.due(force):
+            print(f"packed {rows} rows ({nbytes / 1e6:.1f} MB, {shards} shard(s) done), "
+                  f"skipped {skipped}, {self.rate(rows):.0f} rows/s", file=self.stream, flush=True)
+
+
+def delete_quietly(out_uri: str, names: Sequence[str]) -> int:
+    """Delete ``names`` (plain file names, nothing with a ``/``) under ``out_uri``, best effort;
+    returns how many were deleted."""
+    filesystem, root = fs.filesystem_for(out_uri)
+    deleted = 0
+    for name in names:
+        if not name or "/" in name:
+            continue
+        try:
+            filesystem.delete_file(posixpath.join(root, name))
+            deleted += 1
+        except OSError:
+            pass
+    return deleted
 
 
 def existing_files(out_uri: str) -> list[str]:
@@ -182,19 +208,10 @@ def remove_replaced(out_uri: str, previous: DatasetSummary | None, summary: Data
     """After the new summary is published: delete the old summary's shards (best effort)."""
     if previous is None:
         return
-    filesystem, root = fs.filesystem_for(out_uri)
     keep = set(summary.shard_names)
-    removed = 0
-    for name in previous.shard_names:
-        if name in keep or "/" in name or name.startswith("."):
-            continue
-        try:
-            filesystem.delete_file(posixpath.join(root, name))
-            removed += 1
-        except OSError:
-            pass
+    removed = delete_quietly(out_uri, [n for n in previous.shard_names if n not in keep and not n.startswith(".")])
     if progress is not None:
         print(f"replaced the previous dataset ({removed} old shard(s) removed)", file=progress, flush=True)
 
 
-__all__ = ["ShardWriter", "Progress", "existing_files", "claim_output", "remove_replaced"]
+__all__ = ["ShardWriter", "Progress", "RateLimited", "delete_quietly", "existing_files", "claim_output", "remove_replaced"]
