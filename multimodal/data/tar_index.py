@@ -20,6 +20,8 @@ import sys
 import time
 from collections.abc import Iterator
 
+import pyarrow.fs as pafs
+
 from multimodal import fs
 from multimodal.data.schema import ALL_MODALITIES, MEDIA_MODALITIES, DatasetSummary
 from multimodal.data.webdataset import iter_tar_samples, list_tar_shards, tar_name
@@ -33,12 +35,17 @@ class TarIndexError(ValueError):
 
 
 def tar_sizes(prefix: str) -> dict[str, int]:
-    """``{tar name: bytes}`` of the ``.tar`` shards under ``prefix`` (one listing)."""
-    sizes = {}
-    for uri in list_tar_shards(prefix):
-        filesystem, path = fs.filesystem_for(uri)
-        sizes[tar_name(uri)] = int(filesystem.get_file_info(path).size or 0)
-    return sizes
+    """``{tar name: bytes}`` of the ``.tar`` shards under ``prefix`` (one listing), sorted by name."""
+    filesystem, path = fs.filesystem_for(prefix)
+    if prefix.endswith(".tar"):
+        info = filesystem.get_file_info(path)
+        return {tar_name(prefix): int(info.size or 0)} if info.type == pafs.FileType.File else {}
+    try:
+        infos = filesystem.get_file_info(pafs.FileSelector(path, recursive=False, allow_not_found=True))
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    return {i.base_name: int(i.size or 0) for i in sorted(infos, key=lambda i: i.base_name)
+            if i.type == pafs.FileType.File and i.base_name.endswith(".tar")}
 
 
 def is_tar_prefix(uri: str) -> bool:
