@@ -30,8 +30,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Flags override the config file; --set KEY=VALUE overrides any other setting "
                "(e.g. --set train.warmup_steps=50).")
     parser.add_argument("--config", help="JSON or YAML config (ours, or the seed's main/SLM/SLMOtak/SLMTrainLoad file)")
-    parser.add_argument("--data", help="training shards: s3://bucket/prefix or a local folder (with _dataset.json)")
-    parser.add_argument("--val-data", help="validation shards (enables validation, early stopping, best-N checkpoints)")
+    parser.add_argument("--data", help="training data, local or s3://: shards (with _dataset.json), a WebDataset "
+                                       ".tar prefix, or a CSV/JSONL manifest (packed under the run; docs/data.md)")
+    parser.add_argument("--val-data", help="validation data, as --data (enables validation, early stopping, "
+                                           "best-N checkpoints)")
     parser.add_argument("--tokenizer", help="tokenizer.json to use instead of training one on the data")
     parser.add_argument("--preset", help="model preset: tiny or slm-63m (default slm-63m)")
     parser.add_argument("--num-workers", type=int, help="Ray Train workers (default 2)")

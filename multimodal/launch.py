@@ -11,30 +11,16 @@ from __future__ import annotations
 import json
 import os
 import time
-import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from multimodal import fs
 from multimodal.checkpoint import latest_checkpoint_metrics, latest_data_position
 from multimodal.job_config import ConfigError, JobConfig
 from multimodal.run_stop import clear_broken_dataset, raise_if_stopped
-
-
-class PreflightError(RuntimeError):
-    """Something the run needs is missing; the message says what and how to fix it."""
-
-
-@dataclass
-class TrainData:
-    """The training shards as the driver sees them."""
-
-    uri: str
-    shard_names: list[str]
-    shard_rows: list[int]
-    rows: int
-    bytes: int
-    modalities: dict[str, Any]
+from multimodal.train_data import (
+    PreflightError, TrainData, check_data_spec, check_data_tokenizer, check_writable, describe_data,
+    storage_estimate,
+)
 
 
 def run_uri(job: JobConfig) -> str:
@@ -44,61 +30,7 @@ def run_uri(job: JobConfig) -> str:
     return fs.join(storage, job.run.name)
 
 
-# --- preflight ---------------------------------------------------------------------------
-def describe_data(uri: str, role: str = "training") -> TrainData:
-    """Read the shard summary of ``uri``; fail with a clear message when the data is missing."""
-    from multimodal.data.schema import read_summary
-
-    try:
-        summary = read_summary(uri)
-    except OSError as exc:
-        raise PreflightError(f"{role} data {uri} is not reachable: {str(exc).splitlines()[0]}") from None
-    if summary is None:
-        raise PreflightError(f"{role} data {uri} has no _dataset.json shard summary; pack it first with "
-                             f"'slm-make-shards MANIFEST --out {uri}'")
-    if summary.rows == 0:
-        raise PreflightError(f"{role} data {uri} is empty (0 rows in _dataset.json)")
-    return TrainData(uri=uri, shard_names=[s["path"] for s in summary.shards],
-                     shard_rows=[int(s["rows"]) for s in summary.shards], rows=summary.rows,
-                     bytes=summary.bytes, modalities=summary.modalities)
-
-
-def check_data_spec(job: JobConfig, data: TrainData, role: str = "training") -> None:
-    """Pre-decoded shards must be made for the model's media spec (one line naming both)."""
-    from multimodal.data import predecoded
-    from multimodal.data.schema import read_summary
-
-    try:
-        predecoded.check_spec(read_summary(data.uri), job.model.resolve().media, data.uri, job.model.preset)
-    except predecoded.SpecMismatchError as exc:
-        raise PreflightError(f"{role} data {exc}") from None
-
-
-def check_data_tokenizer(data: TrainData, tokenizer_uri: str, role: str = "training") -> None:
-    """Pre-decoded shards hold token ids: the run's tokenizer must be the one they were made with."""
-    from multimodal.data import predecoded
-    from multimodal.data.schema import read_summary
-
-    summary = read_summary(data.uri)
-    if not predecoded.is_predecoded(summary):
-        return
-    if predecoded.tokenizer_sha256(fs.read_bytes(tokenizer_uri).decode()) != summary.decoded["tokenizer_sha256"]:
-        raise PreflightError(f"{role} data {data.uri} was tokenized with {predecoded.tokenizer_uri(data.uri, summary)}"
-                             f", not with this run's {tokenizer_uri}; use the dataset's tokenizer (leave "
-                             f"data.tokenizer unset) or re-pack with --tokenizer {tokenizer_uri}")
-
-
-def check_writable(uri: str) -> None:
-    """Write and remove a probe object under ``uri``."""
-    probe = fs.join(uri, f".write-probe-{uuid.uuid4().hex[:8]}")
-    try:
-        fs.write_bytes_atomic(probe, b"ok")
-        filesystem, path = fs.filesystem_for(probe)
-        filesystem.delete_file(path)
-    except OSError as exc:
-        raise PreflightError(f"storage path {uri} is not writable: {str(exc).splitlines()[0]}") from None
-
-
+# --- preflight (the data part: multimodal/train_data.py) ---------------------------------
 def _cluster_cpus(capacity) -> float:
     """The CPUs the job may be sized against: what is up, or the node types at their maximum."""
     if capacity.autoscaling and capacity.node_types:
@@ -177,17 +109,11 @@ def check_cluster_reads(uri: str) -> None:
                              f"through Ray's runtime env") from None
 
 
-def storage_estimate(data: TrainData) -> dict[str, Any]:
-    """The storage calculator's view of the training data (from its summary)."""
-    from storage_calc.measure import measure
-
-    return measure(data.uri).to_dict()
-
-
 # --- tokenizer and datasets --------------------------------------------------------------
-def prepare_tokenizer(job: JobConfig, run: str) -> str:
+def prepare_tokenizer(job: JobConfig, run: str, train_uri: str | None = None) -> str:
     """The URI of the run's tokenizer: the run's saved one, the given one, the pre-decoded
-    training data's own, or one trained now."""
+    training data's own, or one trained now on ``train_uri`` (the resolved training data;
+    default ``data.train``)."""
     from multimodal.data.tokenizer import load_tokenizer, save_tokenizer, train_tokenizer_from_dataset
     from multimodal.finetune import base_tokenizer_uri
 
@@ -196,16 +122,17 @@ def prepare_tokenizer(job: JobConfig, run: str) -> str:
         return target
     from multimodal.data.predecoded import dataset_tokenizer
 
+    train_uri = train_uri or job.data.train
     # a fine-tune: the base model's; else the given one or, for pre-decoded shards, the shards' own
     source = (base_tokenizer_uri(job.finetune.init_from) if job.finetune.init_from
-              else job.data.tokenizer or dataset_tokenizer(job.data.train))
+              else job.data.tokenizer or dataset_tokenizer(train_uri))
     if source:
         save_tokenizer(load_tokenizer(source), target)
     else:
         vocab_size = job.data.vocab_size or job.model.resolve().core.vocab_size
-        print(f"training a byte-level BPE tokenizer (vocab <= {vocab_size}) on {job.data.train}", flush=True)
+        print(f"training a byte-level BPE tokenizer (vocab <= {vocab_size}) on {train_uri}", flush=True)
         started = time.time()
-        train_tokenizer_from_dataset(job.data.train, vocab_size, target)
+        train_tokenizer_from_dataset(train_uri, vocab_size, target)
         print(f"tokenizer saved to {target} ({time.time() - started:.1f}s)", flush=True)
     return target
 
@@ -298,8 +225,8 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
         raise ConfigError("config error: data.train: no training data; pass --data s3://bucket/prefix")
     started = time.time()
     run = run_uri(job)
-    train_data = describe_data(job.data.train)
-    val_data = describe_data(job.data.val, "validation") if job.data.val else None
+    train_data = describe_data(job.data.train, run=run, dry_run=dry_run)
+    val_data = describe_data(job.data.val, "validation", run, dry_run) if job.data.val else None
     for data, role in ((train_data, "training"), (val_data, "validation")):
         if data is not None:
             check_data_spec(job, data, role)  # pre-decoded shards: fail before anything starts
@@ -338,7 +265,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     from multimodal.training import TRAIN, TRAIN_RESUME, VAL, train_loop_per_worker
 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
-    tokenizer_uri = prepare_tokenizer(job, run)
+    tokenizer_uri = prepare_tokenizer(job, run, train_data.uri)
     for data, role in ((train_data, "training"), (val_data, "validation")):
         if data is not None:
             check_data_tokenizer(data, tokenizer_uri, role)

@@ -79,6 +79,19 @@ def build_parser() -> argparse.ArgumentParser:
                     "size, capacity fit. Sizes are decimal (1 GB = 10^9 bytes); KiB/MiB/GiB "
                     "are binary. Counts accept 1e6-style numbers.",
     )
+    _add_inputs(parser, d)
+    _add_planning(parser, p)
+    output = parser.add_argument_group("output")
+    output.add_argument("--json", action="store_true",
+                        help="print machine-readable JSON instead of the table")
+    output.add_argument("--unit", default="GB",
+                        choices=["auto", *units.UNIT_NAMES.values()],
+                        help="unit of the table's totals (default: %(default)s, like the seed)")
+    return parser
+
+
+def _add_inputs(parser: argparse.ArgumentParser, d: Assumptions) -> None:
+    """The counts (or ``--from``) and the average sizes."""
     counts = parser.add_argument_group("counts (or --from)")
     counts.add_argument("--text", type=_arg(units.parse_count), metavar="N",
                         help="number of text samples")
@@ -91,8 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     counts.add_argument("--from", dest="from_uri", metavar="URI",
                         help="measure instead of assume: a local folder or s3://bucket/prefix "
                              "(endpoint and credentials from the AWS_* environment); uses "
-                             "_dataset.json if slm-make-shards wrote one, else groups objects "
-                             "by extension")
+                             "_dataset.json if slm-make-shards wrote one, indexes WebDataset .tar "
+                             "shards (img2dataset's *_stats.json where present), else groups "
+                             "objects by extension")
 
     sizes = parser.add_argument_group("average sizes (used with counts)")
     sizes.add_argument("--words-per-text", type=_arg(_positive), default=d.words_per_text,
@@ -111,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also show the size as pre-decoded shards (slm-make-shards --decode "
                             "PRESET) at this preset's media spec: tiny or slm-63m")
 
+
+def _add_planning(parser: argparse.ArgumentParser, p: PlanInputs) -> None:
+    """Shards, tokens, compute, memory and capacity."""
     planning = parser.add_argument_group("planning")
     planning.add_argument("--shard-size", type=_arg(_positive_size), default=p.shard_bytes,
                           metavar="SIZE", help="target shard size (default: 1GB)")
@@ -152,14 +169,6 @@ def build_parser() -> argparse.ArgumentParser:
     planning.add_argument("--capacity", type=_arg(units.parse_size), metavar="SIZE",
                           help="disk or storage budget to check the dataset against, e.g. 1TB")
 
-    output = parser.add_argument_group("output")
-    output.add_argument("--json", action="store_true",
-                        help="print machine-readable JSON instead of the table")
-    output.add_argument("--unit", default="GB",
-                        choices=["auto", *units.UNIT_NAMES.values()],
-                        help="unit of the table's totals (default: %(default)s, like the seed)")
-    return parser
-
 
 def _fmt(n_bytes: float, unit: str) -> str:
     return units.format_size(n_bytes, None if unit == "auto" else unit)
@@ -169,17 +178,39 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
                  measurement: Any = None, decoded: PredecodedEstimate | None = None) -> str:
     """The human-readable report: the per-modality table (with a pre-decoded column when
     ``decoded`` is given), the total and the planning section."""
-    a, p = storage.assumptions, result.inputs
+    a = storage.assumptions
     lines: list[str] = []
     if measurement is not None:
-        how = ("shard summary _dataset.json" if measurement.source == "shard-summary"
-               else f"{units.format_count(measurement.objects)} objects listed")
+        how = {"shard-summary": "shard summary _dataset.json",
+               "tar-index": f"{units.format_count(measurement.objects)} tars indexed"}.get(
+            measurement.source, f"{units.format_count(measurement.objects)} objects listed")
         lines.append(f"Measured {measurement.uri} ({how} in "
                      f"{units.format_duration(measurement.seconds)})")
         lines.append(f"Holds {measurement.describe_kind()}")
     else:
         lines.append("Estimated from counts x average sizes (1 GB = 10^9 bytes)")
-    lines.append("")
+    lines += ["", *_modality_table(storage, unit, decoded), ""]
+    if decoded is not None:
+        lines.append(_decoded_note(decoded, storage.total_bytes))
+    if measurement is None:
+        lines.append(f"Assumed: text {units.format_number(a.words_per_text)} words x "
+                     f"{units.format_number(a.bytes_per_word)} bytes/word, image "
+                     f"{units.format_size(a.image_bytes)}, audio {units.format_size(a.audio_bytes)}, "
+                     f"video {units.format_size(a.video_bytes)}")
+    for note in storage.notes:
+        lines.append(f"Note: {note}")
+    if lines[-1]:
+        lines.append("")
+    lines.append("Planning")
+    items = _planning_items(storage, result, unit)
+    width = max(len(k) for k, _ in items)
+    for key, value in items:
+        lines.append(f"  {key:<{width}}  {value}")
+    return "\n".join(lines)
+
+
+def _modality_table(storage: StorageEstimate, unit: str, decoded: PredecodedEstimate | None) -> list[str]:
+    """The per-modality rows (count, average size, total; pre-decoded total when given)."""
     rows = [("modality", "count", "avg size", "total")]
     for row in storage.rows:
         rows.append((LABELS[row.modality], units.format_count(row.count),
@@ -197,22 +228,18 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
         rows = [rows[0] + (f"pre-decoded ({decoded.preset})",)] + [r + (extra.get(r[0], ""),) for r in rows[1:]]
     columns = len(rows[0])
     widths = [max(len(r[i]) for r in rows) for i in range(columns)]
+    lines = []
     for i, r in enumerate(rows):
         if i == len(rows) - 1:
             lines.append("-" * (sum(widths) + 2 * (columns - 1)))
         cells = [f"{r[0]:<{widths[0]}}"] + [f"{r[k]:>{widths[k]}}" for k in range(1, columns)]
         lines.append("  ".join(cells).rstrip())
-    lines.append("")
-    if decoded is not None:
-        lines.append(_decoded_note(decoded, storage.total_bytes))
-    if measurement is None:
-        lines.append(f"Assumed: text {units.format_number(a.words_per_text)} words x "
-                     f"{units.format_number(a.bytes_per_word)} bytes/word, image "
-                     f"{units.format_size(a.image_bytes)}, audio {units.format_size(a.audio_bytes)}, "
-                     f"video {units.format_size(a.video_bytes)}")
-    for note in storage.notes:
-        lines.append(f"Note: {note}")
+    return lines
 
+
+def _planning_items(storage: StorageEstimate, result: Plan, unit: str) -> list[tuple[str, str]]:
+    """The planning section's ``(label, text)`` lines."""
+    a, p = storage.assumptions, result.inputs
     gpu = result.gpu
     epochs = units.format_number(p.epochs)
     t = result.tokens
@@ -255,13 +282,7 @@ def render_table(storage: StorageEstimate, result: Plan, unit: str = "GB",
                        f"{units.format_size(result.checkpoint_full_bytes)} with AdamW state"),
         ("capacity", capacity),
     ]
-    if lines[-1]:
-        lines.append("")
-    lines.append("Planning")
-    width = max(len(k) for k, _ in items)
-    for key, value in items:
-        lines.append(f"  {key:<{width}}  {value}")
-    return "\n".join(lines)
+    return items
 
 
 def _decoded_note(decoded: PredecodedEstimate, raw_bytes: int) -> str:

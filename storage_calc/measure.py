@@ -66,8 +66,9 @@ class ModalityStats:
 class Measurement:
     """What is stored at ``uri``: per-modality counts and bytes, and the total.
 
-    ``source`` is ``"listing"`` (objects grouped by extension; ``other`` holds the rest) or
-    ``"shard-summary"`` (counts and bytes read from ``_dataset.json``; ``shards`` is set).
+    ``source`` is ``"listing"`` (objects grouped by extension; ``other`` holds the rest),
+    ``"shard-summary"`` (counts and bytes read from ``_dataset.json``; ``shards`` is set) or
+    ``"tar-index"`` (WebDataset tars indexed, ``data/tar_index.py``).
     """
 
     uri: str
@@ -80,7 +81,8 @@ class Measurement:
     rows: int | None = None
     notes: tuple[str, ...] = field(default_factory=tuple)
     #: what the prefix holds: "raw" (shards of encoded media), "predecoded" (slm-make-shards
-    #: --decode; ``decoded_preset`` names the spec) or "files" (no shard summary: a listing)
+    #: --decode; ``decoded_preset`` names the spec), "webdataset" (.tar shards, indexed) or
+    #: "files" (no shard summary: a listing)
     kind: str = "files"
     decoded_preset: str | None = None
 
@@ -88,6 +90,8 @@ class Measurement:
         """One phrase for the report: which kind of data the prefix holds."""
         if self.kind == "predecoded":
             return f"pre-decoded shards ({self.decoded_preset} spec: samples stored decoded)"
+        if self.kind == "webdataset":
+            return "WebDataset tars (media stored encoded, read in place; indexed for this estimate)"
         if self.kind == "raw":
             return "raw shards (media stored encoded, decoded while training)"
         return "media files (not packed into shards)"
@@ -183,7 +187,7 @@ def parse_summary(data: Any) -> dict[str, Any] | None:
     decoded = data.get("decoded") if isinstance(data.get("decoded"), dict) else None
     return {"modalities": modalities, "shards": len(shards), "total_bytes": total,
             "rows": _nonneg_int(rows) if rows is not None else None,
-            "kind": "predecoded" if decoded else "raw",
+            "kind": "predecoded" if decoded else "webdataset" if data.get("format") == "webdataset" else "raw",
             "decoded_preset": str(decoded.get("preset", "?")) if decoded else None}
 
 
@@ -214,6 +218,8 @@ def measure(uri: str, *, threads: int = LISTING_THREADS) -> Measurement:
                 if result is not None:
                     return result
             files = [f for f in top if f.type == pafs.FileType.File]
+            if any(f.base_name.endswith(".tar") for f in files):
+                return _from_tars(uri, started)
             folders = [f.path for f in top if f.type == pafs.FileType.Directory]
             with ThreadPoolExecutor(max(1, threads)) as pool:
                 # Breadth-first: while there are few folders, list them one level down (their
@@ -243,19 +249,43 @@ def _read_summary(fs, summary_path: str, uri: str, started: float,
                   notes: list[str]) -> Measurement | None:
     try:
         with fs.open_input_stream(summary_path) as stream:
-            parsed = parse_summary(json.loads(stream.read()))
+            data = json.loads(stream.read())
+        parsed = parse_summary(data)
     except (OSError, ValueError) as exc:
         notes.append(f"ignored unreadable {SUMMARY_NAME}: {_one_line(exc)}")
         return None
     if parsed is None:
         notes.append(f"ignored {SUMMARY_NAME} without a 'modalities' section; listed the objects")
         return None
-    modalities = dict(parsed["modalities"])
-    return Measurement(uri=uri, source="shard-summary", modalities=modalities,
+    return from_summary(uri, data, started, tuple(notes))
+
+
+def from_summary(uri: str, data: dict, started: float | None = None, notes: tuple[str, ...] = (),
+                 source: str = "shard-summary") -> Measurement:
+    """A ``Measurement`` from a ``_dataset.json`` document (or a tar index, ``data/tar_index.py``:
+    ``source="tar-index"``)."""
+    parsed = parse_summary(data)
+    if parsed is None:
+        raise MeasureError(f"{uri}: the shard summary has no 'modalities' section")
+    return Measurement(uri=uri, source=source, modalities=dict(parsed["modalities"]),
                        total_bytes=parsed["total_bytes"], objects=parsed["shards"],
-                       seconds=time.monotonic() - started, shards=parsed["shards"],
+                       seconds=time.monotonic() - started if started else 0.0, shards=parsed["shards"],
                        rows=parsed["rows"], notes=tuple(notes), kind=parsed["kind"],
                        decoded_preset=parsed["decoded_preset"])
+
+
+def _from_tars(uri: str, started: float) -> Measurement:
+    """A prefix of WebDataset tars: index them (img2dataset's stats, else the tars' members)."""
+    import sys
+
+    from multimodal.data.tar_index import TarIndexError, index_prefix
+
+    try:
+        summary = index_prefix(uri, progress=sys.stderr)
+    except TarIndexError as exc:
+        raise MeasureError(str(exc)) from None
+    source = summary.created_by.split("(", 1)[-1].rstrip(")")
+    return from_summary(uri, summary.to_dict(), started, (f"WebDataset tars indexed from {source}",), "tar-index")
 
 
 def _from_listing(files: list, uri: str, started: float, notes: list[str]) -> Measurement:

@@ -2,12 +2,14 @@
 
 Members are grouped by key (the basename up to the first dot) and mapped onto the shard schema
 by extension (the part after the *last* dot): an image extension → ``image``, audio → ``audio``,
-video → ``video``; ``txt``/``text``/``caption`` → ``text``; ``prompt`` → ``prompt``; anything
-else is ignored. When a key has two files of one modality, the first (in tar order) wins.
+video → ``video``; ``txt``/``text``/``caption`` → ``text``; ``prompt`` → ``prompt``; a ``json``
+member (img2dataset's metadata) gives the text from its ``caption``/``text`` key when there is no
+text member; anything else is ignored. When a key has two files of one modality, the first (in tar order) wins.
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -47,11 +49,14 @@ def map_members(key: str, members: dict[str, bytes]) -> dict:
     """One WebDataset sample (``{suffix: bytes}``) → a row of the shard schema (without sample_id)."""
     row: dict = {"id": key, "text": "", "prompt": "", "image": None, "image_ext": None,
                  "audio": None, "audio_ext": None, "video": None, "video_ext": None}
+    json_text = ""
     for suffix, value in members.items():
         if value is None:
             continue
         ext = suffix.lower().rsplit(".", 1)[-1]
-        if ext in TEXT_EXTENSIONS and not row["text"]:
+        if ext == "json" and not json_text:
+            json_text = _json_caption(value)
+        elif ext in TEXT_EXTENSIONS and not row["text"]:
             row["text"] = _text(value)
         elif ext in PROMPT_EXTENSIONS and not row["prompt"]:
             row["prompt"] = _text(value)
@@ -60,7 +65,21 @@ def map_members(key: str, members: dict[str, bytes]) -> dict:
             if modality and row[modality] is None:
                 row[modality] = bytes(value)
                 row[f"{modality}_ext"] = ext
+    row["text"] = row["text"] or json_text
     return row
+
+
+def _json_caption(value) -> str:
+    """The ``caption`` (or ``text``) of a sample's JSON metadata, "" when it has none."""
+    try:
+        data = json.loads(value if isinstance(value, str) else bytes(value).decode("utf-8", errors="replace"))
+    except ValueError:
+        return ""
+    if isinstance(data, dict):
+        for key in ("caption", "text"):
+            if isinstance(data.get(key), str):
+                return data[key].strip()
+    return ""
 
 
 def _text(value) -> str:
@@ -80,6 +99,8 @@ def iter_tar_samples(uri: str) -> Iterator[dict]:
             base = posixpath.basename(member.name)
             dirname = posixpath.dirname(member.name)
             this_key, _, suffix = base.partition(".")
+            if not this_key or not suffix:  # "._x.jpg", "README": no sample key (Ray's reader skips them too)
+                continue
             this_key = posixpath.join(dirname, this_key) if dirname else this_key
             if key is not None and this_key != key:
                 yield map_members(key, members)

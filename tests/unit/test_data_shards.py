@@ -126,7 +126,9 @@ def test_strict_missing_is_fatal_and_leaves_nothing(media, tmp_path, capsys):
 def test_failure_mid_shard_leaves_no_visible_files(media, tmp_path, monkeypatch):
     manifest = write_csv(media / "m5.csv", sample_rows(media) * 2)
     out = tmp_path / "crash"
-    real_read = ms.read_media
+    from multimodal.data import manifest as manifest_module
+
+    real_read = manifest_module.read_media
     calls = {"n": 0}
 
     def flaky(uri, max_bytes):
@@ -135,7 +137,7 @@ def test_failure_mid_shard_leaves_no_visible_files(media, tmp_path, monkeypatch)
             raise KeyboardInterrupt  # the process is interrupted while a shard is open
         return real_read(uri, max_bytes)
 
-    monkeypatch.setattr(ms, "read_media", flaky)
+    monkeypatch.setattr(manifest_module, "read_media", flaky)
     with pytest.raises(KeyboardInterrupt):
         ms.make_shards(str(manifest), str(out), target_shard_bytes=20_000, progress=None)
     assert [p.name for p in out.iterdir()] == []
