@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from cluster.fake_nodes import FAKE_CLUSTER_ENV, FakeNodeType, autoscaling_config
-from cluster.net import dial_host, free_port
-from cluster.s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, endpoint_url, moto_command
-from cluster.state import MARKER_ENV, TOKEN_FILE, ClusterState, cluster_home, ray_temp_dir
+from cluster.net import free_port
+from cluster.s3_server import TEST_ACCESS_KEY, TEST_REGION, TEST_SECRET_KEY, moto_command
+from cluster.state import MARKER_ENV, TOKEN_FILE, ClusterLayout, ClusterState, cluster_home, ray_temp_dir
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_HOST = "127.0.0.1"
@@ -31,43 +31,18 @@ LOOPBACK_RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
 
 
 @dataclasses.dataclass
-class ClusterPlan:
-    """The ports, paths and commands of one ``up``."""
+class ClusterPlan(ClusterLayout):
+    """The layout of one ``up`` plus what it will run."""
 
-    cluster_id: str
-    home: str
-    host: str
-    node_ip: str
-    dashboard_port: int
-    s3_port: int
-    gcs_port: int
-    metrics_port: int
-    client_server_port: int
-    dashboard_agent_port: int
-    autoscaler_metric_port: int
-    dashboard_metric_port: int
-    temp_dir: str
-    token_path: str
-    bucket: str
-    num_cpus: int | None
-    num_gpus: int | None
-    object_store_memory: int | None
-    secret_key: str
-    autoscaling_config: str | None = None  # where the autoscaler's config is written
-    autoscaling: dict[str, Any] | None = None  # its content
+    secret_key: str = TEST_SECRET_KEY  # the S3 secret the nodes get
+    autoscaling: dict[str, Any] | None = None  # the autoscaler's config (written to autoscaling_config)
     ray_cmd: list[str] = dataclasses.field(default_factory=list)
     moto_cmd: list[str] = dataclasses.field(default_factory=list)
 
-    @property
-    def s3_endpoint(self) -> str:
-        return endpoint_url(self.host, self.s3_port)
-
     def new_state(self, moto_pid: int) -> ClusterState:
         """The state recorded once moto runs (Ray's session and pids are filled in later)."""
-        shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(ClusterState)
-                  if hasattr(self, f.name)}
-        return ClusterState(**{**shared, "ray_session_id": 0, "ray_pids": [], "moto_pid": moto_pid,
-                               "moto_cmdline": self.moto_cmd, "started_at": time.time()})
+        layout = {f.name: getattr(self, f.name) for f in dataclasses.fields(ClusterLayout)}
+        return ClusterState(**layout, moto_pid=moto_pid, moto_cmdline=self.moto_cmd, started_at=time.time())
 
 
 def host_warning(host: str) -> str | None:
@@ -181,6 +156,6 @@ def plan(
     return p
 
 
-__all__ = ["ClusterPlan", "plan", "node_env", "host_warning", "dial_host", "LOOPBACK_HOSTS",
+__all__ = ["ClusterPlan", "plan", "node_env", "host_warning", "LOOPBACK_HOSTS",
            "LOOPBACK_RAY_ENV", "DEFAULT_HOST", "DEFAULT_DASHBOARD_PORT", "DEFAULT_S3_PORT",
            "DEFAULT_BUCKET"]

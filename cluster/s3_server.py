@@ -87,8 +87,12 @@ def s3_client(endpoint: str | None = None, **config: Any):
 
 
 def create_bucket(name: str, endpoint: str | None = None, client=None, timeout: float = 30.0) -> str:
-    """Create bucket ``name`` (fine if it exists and is ours) and return the name. Retries for
-    up to ``timeout`` s: moto may need a moment after binding its port."""
+    """Create bucket ``name`` (fine if it exists and is ours) and return the name. ``client``
+    (default: one for ``endpoint`` with the test credentials) may point at any S3. Retries for
+    up to ``timeout`` s unless the store refused the request (4xx): moto may need a moment after
+    binding its port."""
+    from botocore.exceptions import ClientError
+
     client = client or s3_client(endpoint)
     deadline = time.monotonic() + timeout
     while True:
@@ -97,8 +101,10 @@ def create_bucket(name: str, endpoint: str | None = None, client=None, timeout: 
             return name
         except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
             return name
-        except Exception:
-            if time.monotonic() > deadline:
+        except Exception as exc:
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 500) \
+                if isinstance(exc, ClientError) else 500
+            if status < 500 or time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
 

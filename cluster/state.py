@@ -39,8 +39,8 @@ def ray_temp_dir(home: Path) -> str:
 
 
 @dataclasses.dataclass
-class ClusterState:
-    """What ``up`` started; saved as JSON in the state dir."""
+class ClusterLayout:
+    """Addresses, ports and paths of one local cluster: what ``plan`` decides and ``up`` records."""
 
     cluster_id: str
     home: str
@@ -55,14 +55,9 @@ class ClusterState:
     temp_dir: str
     token_path: str
     bucket: str
-    ray_session_id: int
-    ray_pids: list[int]
-    moto_pid: int
-    moto_cmdline: list[str]
     num_cpus: int | None = None
     num_gpus: int | None = None
     object_store_memory: int | None = None
-    started_at: float = 0.0
     autoscaler_metric_port: int = 0
     dashboard_metric_port: int = 0
     autoscaling_config: str | None = None  # set when worker nodes are started by Ray's autoscaler
@@ -83,6 +78,17 @@ class ClusterState:
     @property
     def gcs_address(self) -> str:
         return f"{self.node_ip}:{self.gcs_port}"
+
+
+@dataclasses.dataclass
+class ClusterState(ClusterLayout):
+    """What ``up`` started; saved as JSON in the state dir."""
+
+    ray_session_id: int = 0
+    ray_pids: list[int] = dataclasses.field(default_factory=list)
+    moto_pid: int = 0
+    moto_cmdline: list[str] = dataclasses.field(default_factory=list)
+    started_at: float = 0.0
 
     def token(self) -> str:
         return Path(self.token_path).read_text().strip()
