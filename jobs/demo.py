@@ -105,7 +105,11 @@ def submit_quietly(entrypoint: list[str], env: dict[str, str]) -> str:
 
     from multimodal.ray_logs import quiet_job_env
 
-    logging.getLogger("ray").setLevel(logging.WARNING)  # the packaging notices of the upload
+    # the upload's packaging notices: Ray's loggers at WARNING, and the excludes given explicitly
+    # (Ray warns once per default exclude it applies itself)
+    for logger in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+        logging.getLogger(logger).setLevel(logging.WARNING)
+    os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""
     client = JobSubmissionClient(env["RAY_ADDRESS"])
     job_id = client.submit_job(entrypoint=shlex.join(entrypoint), runtime_env={
         "working_dir": str(REPO), "excludes": UPLOAD_EXCLUDES, "env_vars": quiet_job_env()})
