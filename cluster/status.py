@@ -57,36 +57,35 @@ def status(home: str | os.PathLike | None = None) -> dict[str, Any]:
         "nodes": [], "resources": {}, "jobs": [], "errors": [],
     }
     token = state.token() if Path(state.token_path).exists() else None
-    try:
-        nodes = http_json(f"{state.dashboard_url}/api/v0/nodes?limit=100", token)
-        total: dict[str, float] = {}
-        for node in nodes["data"]["result"]["result"]:
-            resources = {k: v for k, v in node.get("resources_total", {}).items()
-                         if not k.startswith("node:")}
-            result["nodes"].append({
-                "node_id": node.get("node_id"), "ip": node.get("node_ip"),
-                "state": node.get("state"), "is_head": node.get("is_head_node"),
-                "resources": resources,
-            })
-            if node.get("state") == "ALIVE":
-                for k, v in resources.items():
-                    total[k] = total.get(k, 0) + v
-        result["resources"] = total
-    except Exception as exc:
-        result["errors"].append(f"nodes: {exc}")
-    try:
-        text = http_json(f"{state.dashboard_url}/api/cluster_status?format=1", token)
-        result["cluster_status"] = text["data"]["clusterStatus"]
-    except Exception as exc:
-        result["errors"].append(f"cluster_status: {exc}")
-    try:
-        jobs = http_json(f"{state.dashboard_url}/api/jobs/", token)
-        result["jobs"] = [{"submission_id": j.get("submission_id"), "status": j.get("status"),
-                           "entrypoint": j.get("entrypoint")} for j in jobs]
-    except Exception as exc:
-        result["errors"].append(f"jobs: {exc}")
+    for name, fetch in (("nodes", _nodes), ("cluster_status", _cluster_status), ("jobs", _jobs)):
+        try:
+            result.update(fetch(state.dashboard_url, token))
+        except Exception as exc:
+            result["errors"].append(f"{name}: {exc}")
     result["s3"] = _s3_status(state)
     return result
+
+
+def _nodes(url: str, token: str | None) -> dict[str, Any]:
+    """The nodes and the total resources of the alive ones (dashboard state API)."""
+    nodes, total = [], {}
+    for node in http_json(f"{url}/api/v0/nodes?limit=100", token)["data"]["result"]["result"]:
+        resources = {k: v for k, v in node.get("resources_total", {}).items() if not k.startswith("node:")}
+        nodes.append({"node_id": node.get("node_id"), "ip": node.get("node_ip"), "state": node.get("state"),
+                      "is_head": node.get("is_head_node"), "resources": resources})
+        if node.get("state") == "ALIVE":
+            for k, v in resources.items():
+                total[k] = total.get(k, 0) + v
+    return {"nodes": nodes, "resources": total}
+
+
+def _cluster_status(url: str, token: str | None) -> dict[str, Any]:
+    return {"cluster_status": http_json(f"{url}/api/cluster_status?format=1", token)["data"]["clusterStatus"]}
+
+
+def _jobs(url: str, token: str | None) -> dict[str, Any]:
+    return {"jobs": [{"submission_id": j.get("submission_id"), "status": j.get("status"),
+                      "entrypoint": j.get("entrypoint")} for j in http_json(f"{url}/api/jobs/", token)]}
 
 
 def _safe_pids(state: ClusterState) -> list[int]:
