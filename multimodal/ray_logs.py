@@ -11,11 +11,13 @@ turned down where it is configured.
 * Ray Data: ``DataContext.print_on_execution_start`` off (``quiet_data_context``) and its
   console handler at ERROR (``RAY_DATA_LOGGING_CONFIG`` = ``jobs/configs/ray-data-logging.yaml``,
   relative to the job's working dir, which is every job worker's cwd);
-* two error/warning lines of Ray's that no user can act on, dropped by Ray's own driver-side
-  log filter ``RAY_DEDUP_LOGS_SKIP_REGEX``: the core worker's "constructor arguments in the object
-  store" for every Ray Data actor pool (Ray Data ``ray.put``s its own map transformer and
-  DataContext for its actors: ray-project/ray#57733), and the raylet's "worker processes have been
-  started" when logical CPUs are overcommitted, as the demo does on purpose;
+* three lines of Ray's that no user can act on and no setting reaches, dropped by Ray's own
+  driver-side log filter ``RAY_DEDUP_LOGS_SKIP_REGEX``: the core worker's error "constructor
+  arguments in the object store" for every Ray Data actor pool (Ray Data ``ray.put``s its own map
+  transformer and DataContext for its actors: ray-project/ray#57733), the raylet's warning "worker
+  processes have been started" when logical CPUs are overcommitted, as the demo does on purpose,
+  and Ray Train's "Reporting training result" (logged through a logger named after its file, so
+  Train's log level misses it);
 * torch's C++ warnings (``TORCH_CPP_LOG_LEVEL``) and Ray's deprecation warnings about its own
   internal calls (``PYTHONWARNINGS``).
 
@@ -34,6 +36,9 @@ RAY_DATA_LOGGING_CONFIG = "jobs/configs/ray-data-logging.yaml"
 SKIPPED_RAY_LINES = (
     "has constructor arguments in the object store",  # ray-project/ray#57733, every Ray Data actor pool
     "PYTHON worker processes have been started",  # raylet, overcommitted logical CPUs
+    # Ray Train 2.60 logs each report at INFO through a logger named after its source file
+    # (train/v2/_internal/execution/context.py), which RunConfig's log level does not reach
+    "Reporting training result",
 )
 
 
