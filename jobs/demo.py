@@ -107,7 +107,7 @@ def submit_quietly(entrypoint: list[str], env: dict[str, str]) -> str:
 
     # the upload's packaging notices: Ray's loggers at WARNING, and the excludes given explicitly
     # (Ray warns once per default exclude it applies itself)
-    for logger in ("ray", "ray.dashboard.modules.dashboard_sdk"):
+    for logger in ("ray", "ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(logger).setLevel(logging.WARNING)
     os.environ["RAY_OVERRIDE_RUNTIME_ENV_DEFAULT_EXCLUDES"] = ""
     client = JobSubmissionClient(env["RAY_ADDRESS"])
