@@ -154,6 +154,28 @@ def mem_mb(pid: int) -> tuple[float, float]:
     return rss, pss
 
 
+def status_mb(field: str, pid: int | str = "self") -> float | None:
+    """A memory field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``, ``VmSize`` ...) in MB, None
+    when the field or the process is missing."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except _GONE:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak RSS (``VmHWM``) to its current RSS; False where the kernel does
+    not allow it."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
 def session_raylet_pid(session_dir: str) -> int | None:
     """The raylet whose command line names this Ray session's dir (not other clusters')."""
     for pid in all_pids():
