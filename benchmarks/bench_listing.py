@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -30,30 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster import s3_server  # noqa: E402
 from storage_calc.measure import measure  # noqa: E402
 
 EXTENSIONS = [("text", "txt"), ("image", "jpg"), ("audio", "wav"), ("video", "mp4")]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _start_moto(log_path: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
-    log = open(log_path, "wb")  # moto logs one line per request: used to count requests
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return proc, f"http://127.0.0.1:{port}"
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit("moto server did not start")
 
 
 def _log_lines(path: Path) -> list[str]:
@@ -86,9 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     proc = None
     log_path = Path(tempfile.gettempdir()) / f"bench-listing-moto-{os.getpid()}.log"
     if not args.use_env:
-        proc, endpoint = _start_moto(log_path)
-        os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
-                          AWS_SECRET_ACCESS_KEY="testing", AWS_REGION="us-east-1")
+        # moto logs one line per request: used to count requests
+        proc = s3_server.start_moto(log_path=log_path)
+        os.environ.update(s3_server.client_env(s3_server.endpoint_url("127.0.0.1", proc.port)))
         os.environ.pop("AWS_ENDPOINT_URL_S3", None)
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     client = boto3.client("s3", endpoint_url=endpoint)

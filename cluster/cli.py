@@ -84,9 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(warning, file=sys.stderr)
                 plan = local.plan(**kwargs)
                 print("would run:")
-                print("  " + shlex.join(plan["moto_cmd"]))
+                print("  " + shlex.join(plan.moto_cmd))
                 print("  RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH="
-                      f"{shlex.quote(plan['token_path'])} " + shlex.join(plan["ray_cmd"]))
+                      f"{shlex.quote(plan.token_path)} " + shlex.join(plan.ray_cmd))
                 return 0
             state = local.up(log=_log, **kwargs)
             print(f"run `eval \"$(slm-cluster env)\"` to use it "

@@ -43,7 +43,6 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -53,6 +52,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster import s3_server  # noqa: E402
+from cluster.procs import cpu_seconds as _cpu_seconds, children_map as _children_map  # noqa: E402
+from cluster.procs import descendants as _descendants, host_cpu_seconds as _host_cpu_seconds  # noqa: E402
+from cluster.procs import mem_mb as _mem_mb, process_role as _process_role, session_raylet_pid  # noqa: E402,F401
+from cluster.s3_server import ensure_s3  # noqa: E402
 from multimodal import fs  # noqa: E402
 from multimodal.config import MediaSpec, preset  # noqa: E402
 
@@ -136,38 +140,11 @@ def parse_args(argv=None):
 
 # --------------------------------------------------------------------------------- S3 and data
 
-def ensure_s3() -> subprocess.Popen | None:
-    """Start a moto S3 server on a free loopback port unless an endpoint is configured."""
-    if fs.s3_endpoint():
-        return None
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 60
-    while True:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            raise RuntimeError("moto S3 server did not start (pip install 'moto[server]')")
-        time.sleep(0.2)
-    os.environ.update({"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"})
-    log(f"started moto S3 server pid {proc.pid} on 127.0.0.1:{port}")
-    return proc
-
-
 def create_bucket(name: str) -> None:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=fs.s3_endpoint(), region_name=fs.s3_region())
-    try:
-        client.create_bucket(Bucket=name)
-    except (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists):
-        pass
+    s3_server.create_bucket(name, client=boto3.client("s3", endpoint_url=fs.s3_endpoint(),
+                                                      region_name=fs.s3_region()))
 
 
 def _textured(size: int, rng) -> "np.ndarray":  # noqa: F821
@@ -284,118 +261,12 @@ def upload(shards_dir: Path, uri: str) -> tuple[int, int]:
 
 # ------------------------------------------------------------------------------------ measuring
 
-def _mem_mb(pid: int) -> tuple[float, float]:
-    """(RSS, PSS) in MB; PSS splits shared pages (the mmapped object store) between their users."""
-    rss = pss = 0.0
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as handle:
-            for line in handle:
-                if line.startswith("Rss:"):
-                    rss = int(line.split()[1]) / 1024
-                elif line.startswith("Pss:"):
-                    pss = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return rss, pss
-
-
-def _children_map() -> dict[int, list[int]]:
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                stat = handle.read()
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    return children
-
-
-def session_raylet_pid(session_dir: str) -> int | None:
-    """The raylet whose command line names this session's dir (not other users' clusters)."""
-    needle = session_dir.encode()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                cmd = handle.read()
-        except OSError:
-            continue
-        if b"raylet" in cmd.split(b"\0", 1)[0] and needle in cmd:
-            return int(entry)
-    return None
-
-
-def _cpu_seconds(pid: int) -> float:
-    """utime + stime of ``pid`` in seconds (0 when it is gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            fields = handle.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def _host_cpu_seconds() -> tuple[float, float]:
-    """(busy, idle) CPU seconds of the whole host since boot, from /proc/stat."""
-    try:
-        with open("/proc/stat") as handle:
-            fields = [int(x) for x in handle.readline().split()[1:]]
-    except (OSError, ValueError):
-        return 0.0, 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    busy = sum(fields[:8]) - idle  # user nice system idle iowait irq softirq steal
-    return busy / tick, idle / tick
-
-
-def _process_role(pid: int) -> str:
-    """A short role for the CPU breakdown: decode actor, read task, driver, raylet, moto ..."""
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            cmd = handle.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "gone"
-    if pid == os.getpid():
-        return "driver"
-    if "moto.server" in cmd:
-        return "s3 server"
-    if cmd.startswith("ray::"):
-        name = cmd.split()[0][5:]
-        if "MapBatches" in name or "SampleProcessor" in name:
-            return "decode actors"
-        if "Read" in name or "ListFiles" in name:
-            return "read tasks"
-        return "idle workers" if name.startswith("IDLE") else f"ray::{name.split('.')[0][:30]}"
-    program = cmd.split(" ", 1)[0]
-    for role in ("raylet", "gcs_server"):
-        if program.endswith(role):
-            return role
-    for role in ("default_worker.py", "dashboard", "runtime_env", "log_monitor", "monitor.py"):
-        if role in cmd:
-            return "starting worker" if role == "default_worker.py" else role
-    return "other ray"
-
-
 GENERIC_ROLES = ("gone", "starting worker", "idle workers", "other ray")
 
 
 def _more_specific(old: str, new: str) -> str:
     """Workers rename themselves (starting -> ray::IDLE -> ray::ReadFiles...): keep the most telling."""
     return old if new in GENERIC_ROLES and old not in ("gone",) else new
-
-
-def _descendants(root: int, children: dict[int, list[int]]) -> list[int]:
-    out, stack = [], [root]
-    while stack:
-        pid = stack.pop()
-        out.append(pid)
-        stack.extend(children.get(pid, []))
-    return out
 
 
 class MemorySampler(threading.Thread):

@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 if __package__ in (None, ""):
     sys.path.insert(0, str(REPO))
 
+from cluster.procs import reset_peak_rss, status_mb  # noqa: E402
+
 SLM_NEW_TOKENS = 16
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "fma")
 
@@ -251,11 +253,9 @@ def probe_rss(kind: str, model_dir: str, threads: int, max_new_tokens: int) -> d
 
 
 def _status_mb(field_name: str) -> float:
-    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in MB (else the peak RSS)."""
+    value = status_mb(field_name)
+    return value if value is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def run_probe(kind: str, model_dir: str, threads: int, max_new_tokens: int) -> None:
@@ -264,10 +264,7 @@ def run_probe(kind: str, model_dir: str, threads: int, max_new_tokens: int) -> N
     import numpy as np
 
     def imports_done() -> float:
-        try:  # reset VmHWM so the import-time peak of the libraries does not hide the model's
-            Path("/proc/self/clear_refs").write_text("5")
-        except OSError:
-            pass
+        reset_peak_rss()  # so the import-time peak of the libraries does not hide the model's
         return _status_mb("VmRSS")
 
     if kind.startswith("ort"):

@@ -34,6 +34,8 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.net import free_port  # noqa: E402
+
 MEDIA = ("image", "audio", "video")
 
 
@@ -77,15 +79,6 @@ def test_samples(uri: str, max_samples: int) -> list[dict]:
             if len(present) == 1:
                 samples.append({"group": present[0], "media": row[present[0]], "text": row["text"]})
     return samples
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def percentile(values: list[float], q: float) -> float:

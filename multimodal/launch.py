@@ -16,6 +16,7 @@ from typing import Any
 from multimodal import fs
 from multimodal.checkpoint import latest_checkpoint_metrics, latest_data_position
 from multimodal.job_config import ConfigError, JobConfig
+from multimodal.ray_logs import is_quiet, quiet_data_context, ray_init_kwargs, train_logging_config
 from multimodal.run_stop import clear_broken_dataset, raise_if_stopped
 from multimodal.train_data import (
     PreflightError, TrainData, check_data_spec, check_data_tokenizer, check_writable, describe_data,
@@ -170,6 +171,7 @@ class ShardDatasetFactory:
 
         # Ray Train calls this in its controller, whose DataContext is not the driver's
         DataContext.get_current().enable_progress_bars = False
+        quiet_data_context(DataContext.get_current())
         dataset = build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
                                 self.tokenizer_uri, shards=self.shards(),
                                 max_consecutive_failures=self.max_consecutive_failures,
@@ -198,7 +200,7 @@ def _ray_init() -> None:
         job_env = (json.loads(injected).get("runtime_env") or {}).get("env_vars") or {}
     env_vars = {k: v for k, v in fs.aws_public_env_vars().items() if k not in job_env}
     env_vars.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")
-    ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True)
+    ray.init(runtime_env={"env_vars": env_vars}, log_to_driver=True, **ray_init_kwargs())
 
 
 def _finetune_base_config(job: JobConfig):
@@ -237,9 +239,9 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
         check_cluster_reads(train_data.uri)
     cluster = check_cluster(job, dry_run=dry_run)
     estimate = storage_estimate(train_data)
+    detail = "" if is_quiet() else f"; cluster {json.dumps(cluster)}; storage estimate {json.dumps(estimate)}"
     print(f"preflight: {train_data.rows} samples in {len(train_data.shard_names)} shards "
-          f"({train_data.bytes / 1e6:.1f} MB) at {train_data.uri}; cluster {json.dumps(cluster)}; "
-          f"storage estimate {json.dumps(estimate)}", flush=True)
+          f"({train_data.bytes / 1e6:.1f} MB) at {train_data.uri}{detail}", flush=True)
     if dry_run:
         return {"dry_run": True, "name": job.run.name, "run_uri": run, "cluster": cluster,
                 "steps": total_steps(job, train_data), "cpus_per_worker": job.run.cpus_per_worker,
@@ -265,6 +267,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     from multimodal.training import TRAIN, TRAIN_RESUME, VAL, train_loop_per_worker
 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
+    quiet_data_context(DataContext.get_current())
     tokenizer_uri = prepare_tokenizer(job, run, train_data.uri)
     for data, role in ((train_data, "training"), (val_data, "validation")):
         if data is not None:
@@ -310,7 +313,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
         datasets=datasets,
         run_config=RunConfig(name=job.run.name, storage_path=storage_path,
                              failure_config=FailureConfig(max_failures=job.run.max_failures),
-                             checkpoint_config=checkpoints,
+                             checkpoint_config=checkpoints, logging_config=train_logging_config(),
                              worker_runtime_env={"env_vars": {**fs.aws_public_env_vars(),
                                                               "RAY_CHDIR_TO_TRIAL_DIR": "0"}}),
     )

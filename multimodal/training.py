@@ -331,7 +331,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             state.step += 1
-            state.last_train_loss = float(loss)
+            state.last_train_loss = float(loss.detach())
             if state.first_train_loss is None:
                 state.first_train_loss = state.last_train_loss
             now = time.monotonic()

@@ -8,54 +8,28 @@ Environment set here (process-wide, so Ray workers started later inherit it):
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-TEST_ACCESS_KEY = "testing"
-TEST_SECRET_KEY = "testing"
+from cluster import s3_server as s3_server_lib
+from cluster.net import free_port
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port} after {timeout}s")
+__all__ = ["free_port", "S3Server"]  # free_port is cluster.net's, re-exported for the tests
 
 
 class S3Server:
     """A running moto S3 server and a boto3 client for it."""
 
-    def __init__(self, endpoint: str):
-        import boto3
-
+    def __init__(self, endpoint: str, pid: int | None = None):
         self.endpoint = endpoint
-        self.client = boto3.client(
-            "s3", endpoint_url=endpoint, region_name="us-east-1",
-            aws_access_key_id=TEST_ACCESS_KEY, aws_secret_access_key=TEST_SECRET_KEY,
-        )
+        self.pid = pid  # fault tests pause it (SIGSTOP/SIGCONT) to simulate an outage
+        self.client = s3_server_lib.s3_client(endpoint)
 
     def new_bucket(self, prefix: str = "test") -> str:
         """Create a fresh bucket and return its name (each test gets its own)."""
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
-        self.client.create_bucket(Bucket=name)
-        return name
+        return s3_server_lib.create_bucket(f"{prefix}-{uuid.uuid4().hex[:12]}", client=self.client)
 
     def keys(self, bucket: str, prefix: str = "") -> list[str]:
         paginator = self.client.get_paginator("list_objects_v2")
@@ -67,35 +41,20 @@ class S3Server:
 def s3_server() -> S3Server:
     """moto in server mode on a free loopback port; sets the standard AWS_* variables."""
     port = free_port()
-    log = open(Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
+    proc = s3_server_lib.start_moto(port, log_path=Path(os.environ.get("TMPDIR", "/tmp")) / f"moto-{port}.log")
     try:
-        wait_for_port(port)
-        endpoint = f"http://127.0.0.1:{port}"
-        saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID",
-                                                "AWS_SECRET_ACCESS_KEY", "AWS_REGION")}
-        os.environ.update({
-            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": TEST_ACCESS_KEY,
-            "AWS_SECRET_ACCESS_KEY": TEST_SECRET_KEY, "AWS_REGION": "us-east-1",
-        })
-        server = S3Server(endpoint)
-        server.pid = proc.pid  # fault tests pause it (SIGSTOP/SIGCONT) to simulate an outage
-        yield server
+        endpoint = s3_server_lib.endpoint_url("127.0.0.1", port)
+        variables = s3_server_lib.client_env(endpoint)
+        saved = {k: os.environ.get(k) for k in variables}
+        os.environ.update(variables)
+        yield S3Server(endpoint, proc.pid)
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        s3_server_lib.stop(proc)
 
 
 @pytest.fixture

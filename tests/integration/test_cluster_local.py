@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,22 +16,11 @@ from pathlib import Path
 import pytest
 
 from cluster import local
+from cluster.net import free_port, listening
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _listening(port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.5)
-        return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _cli(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedProcess:
@@ -44,7 +32,7 @@ def _cli(home: Path, *args: str, timeout: float = 240) -> subprocess.CompletedPr
 
 def test_up_status_submit_down(tmp_path):
     home = tmp_path / "slm home"  # a space in the path: env quoting must hold
-    dash, s3, metrics = _free_port(), _free_port(), _free_port()
+    dash, s3, metrics = free_port(), free_port(), free_port()
     up = _cli(home, "up", "--dashboard-port", str(dash), "--s3-port", str(s3),
               "--metrics-port", str(metrics), "--num-cpus", "2", "--num-gpus", "0",
               "--object-store-memory", str(200 * 1024**2), "--bucket", "slm-demo-test")
@@ -112,7 +100,7 @@ def test_up_status_submit_down(tmp_path):
     ports = [saved.dashboard_port, saved.s3_port, saved.gcs_port, saved.metrics_port,
              saved.client_server_port, saved.dashboard_agent_port,
              saved.autoscaler_metric_port, saved.dashboard_metric_port]
-    assert [p for p in ports if _listening(p)] == []
+    assert [p for p in ports if listening(p)] == []
     assert not Path(saved.temp_dir).exists()
 
     again = _cli(home, "down")

@@ -24,26 +24,21 @@ import json, sys
 import numpy as np
 from multimodal.config import MediaSpec
 from multimodal.data import decode
-
-def rss_kb(field):
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
+from cluster.procs import reset_peak_rss, status_mb
 
 results = {}
 for name, path, spec_json in json.loads(sys.argv[1]):
     spec = MediaSpec.model_validate_json(spec_json)
     raw = open(path, "rb").read()
-    with open("/proc/self/clear_refs", "w") as handle:
-        handle.write("5")  # reset the high-water mark to the current RSS
-    before = rss_kb("VmRSS")
+    assert reset_peak_rss()  # the high-water mark is now the current RSS
+    before = status_mb("VmRSS")
     kind = name.split("_")[0]
     try:
         decode.DECODERS[kind](raw, spec)
         outcome = "decoded"
     except decode.MediaDecodeError as exc:
         outcome = f"MediaDecodeError: {exc}"
-    results[name] = {"peak_mb": (rss_kb("VmHWM") - before) / 1024, "outcome": outcome}
+    results[name] = {"peak_mb": status_mb("VmHWM") - before, "outcome": outcome}
 print(json.dumps(results))
 """
 

@@ -1,7 +1,6 @@
 """slm-estimate-storage: the seed table, JSON, --from a local folder, and one-line errors (exit 2)."""
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -9,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from cluster.net import free_port
 from storage_calc.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -186,10 +186,7 @@ def test_unusable_shard_summary_falls_back_to_listing(tmp_path, capsys):
 
 
 def test_from_s3_connection_refused_fails_fast(monkeypatch, capsys):
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
