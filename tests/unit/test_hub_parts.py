@@ -135,3 +135,35 @@ def test_cli_bad_config_is_a_one_line_error_with_exit_2(tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [f"error: hub config error: {tmp_path / 'missing.yaml'}: no such file",
                       "error: hub config error: experts.0.model: Field required"]
+
+
+def test_health_keeps_a_failed_expert_down_until_a_probe_answers():
+    import asyncio
+
+    from multimodal.hub.health import ExpertHealth, probe_down_experts
+
+    health = ExpertHealth(["shapes", "notes"])
+    health.mark_down("notes", "ActorDiedError: the actor died")
+    health.mark_down("notes", "TimeoutError: later")  # the first reason is kept
+    assert health.snapshot() == {"shapes": "up", "notes": "down: ActorDiedError: the actor died"}
+    assert health.reason("notes").startswith("unavailable for ")
+    pinged, loadable = [], {"notes": False}
+
+    async def ping(name: str) -> None:
+        pinged.append(name)
+        if not loadable[name]:
+            raise FileNotFoundError("model.safetensors")
+
+    async def scenario() -> None:
+        probes = asyncio.create_task(probe_down_experts(health, ping, interval_s=0.01, timeout_s=1.0))
+        while len(pinged) < 3:  # failing probes leave it down
+            await asyncio.sleep(0.01)
+        assert not health.is_up("notes")
+        loadable["notes"] = True
+        while not health.is_up("notes"):
+            await asyncio.sleep(0.01)
+        probes.cancel()
+
+    asyncio.run(scenario())
+    assert set(pinged) == {"notes"}  # an expert that is up is never probed
+    assert health.snapshot() == {"shapes": "up", "notes": "up"}
