@@ -171,6 +171,7 @@ def through_hub(url: str, samples: list[dict], names: list[str], oracle: dict[st
                 correct: np.ndarray, body) -> dict:
     """Each sample through the hub and, interleaved, directly to its oracle expert (same path)."""
     routed, answered, picked, hub_ms, direct_ms, asked = [], [], [], [], [], []
+    profile: dict[str, list[dict]] = {"hub": [], "direct": []}
     for i, sample in enumerate(samples):
         calls = [("hub", f"{url}/v1/generate"), ("direct", f"{url}/v1/experts/{oracle[sample['group']]}/generate")]
         for kind, address in (calls if i % 2 == 0 else calls[::-1]):
@@ -178,6 +179,8 @@ def through_hub(url: str, samples: list[dict], names: list[str], oracle: dict[st
             if status != 200:
                 raise RuntimeError(f"{kind} call failed on sample {i}: {status} {answer}")
             (hub_ms if kind == "hub" else direct_ms).append(ms)
+            profile[kind].append({"client": ms, "http_proxy": ms - answer["latency_ms"], **answer["timing_ms"],
+                                  "serve_hops": answer["timing_ms"]["experts"] - answer["timing_ms"]["generate_max"]})
             if kind == "hub":
                 hub = answer
         choice = max(sorted(hub["scores"]), key=lambda n: hub["scores"][n])  # the routing decision
@@ -194,7 +197,9 @@ def through_hub(url: str, samples: list[dict], names: list[str], oracle: dict[st
             "latency": {"hub_p50_ms": hub_p50, "direct_p50_ms": direct_p50,
                         "hub_p99_ms": percentile(hub_ms, 99), "direct_p99_ms": percentile(direct_ms, 99),
                         "hub_overhead_p50": hub_p50 / direct_p50 - 1,
-                        "paired_overhead_median": float(np.median(np.array(hub_ms) / np.array(direct_ms)) - 1)}}
+                        "paired_overhead_median": float(np.median(np.array(hub_ms) / np.array(direct_ms)) - 1),
+                        "profile_p50_ms": {kind: {key: round(percentile([p[key] for p in rows], 50), 3)
+                                                  for key in rows[0]} for kind, rows in profile.items()}}}
 
 
 def load_test(url: str, bodies: list[bytes], concurrency: int) -> dict:

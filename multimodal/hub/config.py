@@ -57,7 +57,8 @@ class RoutingConfig(StrictModel):
     threshold: float = Field(0.3, ge=0, le=1, description="below this best confidence: no answer")
     expert_timeout_s: float = Field(20.0, gt=0, description="an expert slower than this counts as failed")
     max_batch_size: int = Field(8, ge=1, description="requests one replica decodes together (@serve.batch)")
-    batch_wait_timeout_s: float = Field(0.002, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="how long a lone request waits for "
+                                        "company (0: batch what queued while the last batch ran)")
     probe_interval_s: float = Field(1.0, gt=0, description="how often a down expert is pinged")
     health_check_period_s: float = Field(2.0, gt=0, description="Serve's replica health check "
                                          "period for the experts (how soon a dead replica is replaced)")

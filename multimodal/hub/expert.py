@@ -11,6 +11,7 @@ the same expert into one ``generate`` call (Serve splits batches by model id).
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -70,12 +71,14 @@ def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_w
                 groups[(tuple(sorted(query["media"])), query["max_new_tokens"])].append(index)
             results: list[dict[str, Any] | None] = [None] * len(queries)
             for (modalities, max_new_tokens), indices in groups.items():
+                started = time.perf_counter()
                 generations = self._generate(model, [queries[i] for i in indices], modalities, max_new_tokens)
+                generate_ms = (time.perf_counter() - started) * 1000
                 for index, generation in zip(indices, generations):
                     results[index] = {"text": (generation.text or "").strip(),
                                       "mean_logprob": generation.mean_logprob,
                                       "confidence": float(confidence(generation.mean_logprob, temperature)),
-                                      "batch_size": len(queries)}
+                                      "batch_size": len(queries), "generate_ms": generate_ms}
             return results
 
         @staticmethod
