@@ -16,6 +16,7 @@ import asyncio
 import hashlib
 import hmac
 import time
+from dataclasses import replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -119,7 +120,7 @@ class HubIngress:
             asked, down = self._healthy(
                 candidates(query.modalities, self.expert_modalities, self.config.routing.prefilter))
             threshold = self.config.routing.threshold
-        answers, failed = await self._broadcast(query, asked)
+        answers, failed = await self._route(query, asked, threshold)
         answered = time.perf_counter()
         for name, reason in failed.items():
             self.health.mark_down(name, reason)
@@ -154,9 +155,30 @@ class HubIngress:
             response.cancel()
             raise
 
-    async def _broadcast(self, query, names: list[str]) -> tuple[dict[str, ExpertAnswer], dict[str, str]]:
-        calls = [self._ask(name, {"prompt": query.prompt, "max_new_tokens": query.max_new_tokens,
-                                  "media": query.for_spec(spec_key(self.expert_specs[name]))})
+    async def _route(self, query, asked: list[str], threshold: float):
+        """The asked experts' answers. With several asked and ``routing.score_tokens`` = k, each
+        only scores its first k tokens (calibrated for the whole answer's correctness) and the
+        most confident one that clears the threshold generates the answer (the next one if it
+        fails); the losers never generate past k tokens."""
+        k = self.config.routing.score_tokens
+        if len(asked) < 2 or not k or query.max_new_tokens <= k:
+            return await self._broadcast(query, asked)
+        scores, failed = await self._broadcast(query, asked, max_new_tokens=k, score=True)
+        for best in sorted(scores, key=lambda name: (-scores[name].confidence, name)):
+            if scores[best].confidence < threshold:
+                break
+            full, lost = await self._broadcast(query, [best])
+            if best in full:
+                scores[best] = replace(scores[best], text=full[best].text,
+                                       generate_ms=scores[best].generate_ms + full[best].generate_ms)
+                return scores, failed
+            failed.update(lost)
+        return {name: answer for name, answer in scores.items() if name not in failed}, failed
+
+    async def _broadcast(self, query, names: list[str], max_new_tokens: int | None = None,
+                         score: bool = False) -> tuple[dict[str, ExpertAnswer], dict[str, str]]:
+        calls = [self._ask(name, {"prompt": query.prompt, "max_new_tokens": max_new_tokens or query.max_new_tokens,
+                                  "media": query.for_spec(spec_key(self.expert_specs[name])), "score": score})
                  for name in names]
         results = await asyncio.gather(*calls, return_exceptions=True)
         answers, failed = {}, {}
@@ -183,7 +205,8 @@ def build_app(config: HubConfig, calibrations: dict[str, Calibration], specs: di
     from multimodal.hub.expert import make_expert_deployment
 
     routing = config.routing
-    experts = {e.name: {"model": e.model, "temperature": calibrations[e.name].temperature}
+    experts = {e.name: {"model": e.model, "temperature": calibrations[e.name].temperature,
+                        "score_temperature": calibrations[e.name].score_temperature}
                for e in config.experts}
     if config.pool is not None:
         pool = make_expert_deployment(config.pool.models_per_replica, routing.max_batch_size,

@@ -65,12 +65,15 @@ def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_w
             """Answer a batch of queries for one expert (Serve groups a batch by model id)."""
             name = serve.get_multiplexed_model_id()
             model = await self.load(name)
-            temperature = float(self.experts[name]["temperature"])
+            temperatures = {False: float(self.experts[name]["temperature"]),  # whole answer
+                            True: float(self.experts[name].get("score_temperature")  # short score
+                                        or self.experts[name]["temperature"])}
             groups: dict[tuple, list[int]] = defaultdict(list)
             for index, query in enumerate(queries):
-                groups[(tuple(sorted(query["media"])), query["max_new_tokens"])].append(index)
+                groups[(tuple(sorted(query["media"])), query["max_new_tokens"], bool(query.get("score")))].append(index)
             results: list[dict[str, Any] | None] = [None] * len(queries)
-            for (modalities, max_new_tokens), indices in groups.items():
+            for (modalities, max_new_tokens, score), indices in groups.items():
+                temperature = temperatures[score]
                 started = time.perf_counter()
                 generations = self._generate(model, [queries[i] for i in indices], modalities, max_new_tokens)
                 generate_ms = (time.perf_counter() - started) * 1000

@@ -68,6 +68,18 @@ def test_calibrate_measures_competence_per_media_group():
     assert calibration.accuracy_by_group == {"audio": 0.0, "image": 1.0}
     assert calibration.modalities == ["image"] and calibration.samples == 12
     assert calibration.ece_after <= calibration.ece_before
+    assert calibration.score_tokens is None and calibration.score_temperature is None
+
+
+def test_calibrate_fits_the_short_score_for_the_whole_answer():
+    # the first tokens are surer than the whole answer: the short score needs its own temperature
+    outcomes = [Outcome("image", "a red circle", "a red circle", -0.05, score_logprob=-0.01)] * 8
+    outcomes += [Outcome("image", "a red circle", "a blue square", -0.6, score_logprob=-0.1)] * 8
+    calibration = calibrate(outcomes, "val", score_tokens=3)
+    assert calibration.score_tokens == 3
+    assert 0 < calibration.score_temperature < calibration.temperature
+    right, wrong = confidence(np.array([-0.01, -0.1]), calibration.score_temperature)
+    assert right > 0.5 > wrong and calibration.score_ece_after < 0.3
 
 
 def test_request_errors_are_one_line_4xx():
