@@ -24,7 +24,9 @@ def register_experts(config: HubConfig, say: Callable[[str], None] = print) -> d
                                                     score_tokens=config.routing.score_tokens or None)
         c = calibrations[expert.name]
         say(f"  temperature {c.temperature:.3f} from {c.samples} validation samples"
-            + (f" (ECE {c.ece_before:.3f} -> {c.ece_after:.3f})" if c.ece_before is not None else ""))
+            + (f" (ECE {c.ece_before:.3f} -> {c.ece_after:.3f})" if c.ece_before is not None else "")
+            + (f"; {c.score_tokens}-token score: temperature {c.score_temperature:.3f} (ECE {c.score_ece_after:.3f})"
+               if c.score_temperature is not None else ""))
     return {"calibrations": calibrations, "specs": specs}
 
 
