@@ -158,20 +158,21 @@ class HubIngress:
     async def _route(self, query, asked: list[str], threshold: float):
         """The asked experts' answers. With several asked and ``routing.score_tokens`` = k, each
         only scores its first k tokens (calibrated for the whole answer's correctness) and the
-        most confident one that clears the threshold generates the answer (the next one if it
-        fails); the losers never generate past k tokens."""
+        most confident one that clears the threshold generates the answer unless its k tokens
+        already ended with ``<eos>`` (the next one if it fails); the losers never generate past
+        k tokens."""
         k = self.config.routing.score_tokens
         if len(asked) < 2 or not k or query.max_new_tokens <= k:
             return await self._broadcast(query, asked)
         scores, failed = await self._broadcast(query, asked, max_new_tokens=k, score=True)
         for best in sorted(scores, key=lambda name: (-scores[name].confidence, name)):
-            if scores[best].confidence < threshold:
-                break
+            if scores[best].confidence < threshold or scores[best].finished:
+                break  # refused, or its short answer is already whole
             full, lost = await self._broadcast(query, [best])
             if best in full:
                 scores[best] = replace(scores[best], text=full[best].text,
                                        generate_ms=scores[best].generate_ms + full[best].generate_ms)
-                return scores, failed
+                break
             failed.update(lost)
         return {name: answer for name, answer in scores.items() if name not in failed}, failed
 
@@ -187,7 +188,7 @@ class HubIngress:
                 failed[name] = _first_line(result)
             else:
                 answers[name] = ExpertAnswer(result["text"], result["mean_logprob"], result["confidence"],
-                                             result.get("generate_ms", 0.0))
+                                             result.get("generate_ms", 0.0), result.get("finished", True))
         return answers, failed
 
     async def _ask(self, name: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -81,6 +81,7 @@ def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_w
                     results[index] = {"text": (generation.text or "").strip(),
                                       "mean_logprob": generation.mean_logprob,
                                       "confidence": float(confidence(generation.mean_logprob, temperature)),
+                                      "finished": generation.finished,  # <eos> within max_new_tokens
                                       "batch_size": len(queries), "generate_ms": generate_ms}
             return results
 
