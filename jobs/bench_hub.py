@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="the right expert per media group (default: the hub demo's)")
     parser.add_argument("--prefilter", choices=("config", "modalities", "none"), default="config",
                         help="override routing.prefilter (none: broadcast every request)")
+    parser.add_argument("--score-tokens", type=int, default=None,
+                        help="override routing.score_tokens (0: every asked expert generates the whole answer)")
     parser.add_argument("--max-samples", type=int, default=120, help="test samples (default 120)")
     parser.add_argument("--requests", type=int, default=300, help="requests in the load test")
     parser.add_argument("--concurrency", type=int, default=8, help="concurrent clients in the load test")
@@ -258,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     config = load_hub_config(args.config)
     if args.prefilter != "config":
         config.routing.prefilter = args.prefilter
+    if args.score_tokens is not None:
+        config.routing.score_tokens = args.score_tokens
     ray.init(**({"address": args.address} if args.address else {"num_cpus": 4, "include_dashboard": False}),
              log_to_driver=False)
     loadavg_before = os.getloadavg()
@@ -290,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "date": time.strftime("%Y-%m-%d"), "loadavg_before": loadavg_before, "loadavg_after": os.getloadavg(),
         "cpus": os.cpu_count(), "experts": names, "prefilter": config.routing.prefilter,
+        "score_tokens": config.routing.score_tokens,
         "samples": len(samples), "routing": routing,
         "calibration": calibration_report(config, names, correct, logprob, calibrated),
         "latency_one_at_a_time": hub["latency"], "load": load,
