@@ -34,6 +34,7 @@ class Outcome:
     reference: str
     text: str
     mean_logprob: float
+    score_logprob: float | None = None  # mean log p of the first ``score_tokens`` tokens only
 
     @property
     def correct(self) -> bool:
@@ -50,6 +51,9 @@ class Calibration:
     accuracy_by_group: dict[str, float] = field(default_factory=dict)
     modalities: list[str] | None = None  # media groups it answers well (None: not measured)
     validation: str | None = None
+    score_tokens: int | None = None  # the short score's length (None: not fitted)
+    score_temperature: float | None = None  # T of exp(score_logprob / T) for the full answer's correctness
+    score_ece_after: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -86,11 +90,19 @@ def fit_temperature(mean_logprobs: np.ndarray, correct: np.ndarray) -> float:
 
 
 def calibrate(outcomes: list[Outcome], validation: str | None = None,
-              min_group_accuracy: float = MIN_GROUP_ACCURACY) -> Calibration:
+              min_group_accuracy: float = MIN_GROUP_ACCURACY, score_tokens: int | None = None) -> Calibration:
     """Fit the temperature on ``outcomes``, report the calibration error before and after, and
-    the media groups the expert is competent on (exact match >= ``min_group_accuracy``)."""
+    the media groups the expert is competent on (exact match >= ``min_group_accuracy``); with
+    ``score_tokens``, also the temperature of the short score (``Outcome.score_logprob``)."""
     if not outcomes:
         return Calibration(validation=validation)
+    short = {}
+    if score_tokens:
+        scores = np.array([o.score_logprob for o in outcomes], dtype=float)
+        hits = np.array([o.correct for o in outcomes])
+        short_t = fit_temperature(scores, hits)
+        short = {"score_tokens": score_tokens, "score_temperature": short_t,
+                 "score_ece_after": expected_calibration_error(confidence(scores, short_t), hits)}
     logprobs = np.array([o.mean_logprob for o in outcomes])
     correct = np.array([o.correct for o in outcomes])
     temperature = fit_temperature(logprobs, correct)
@@ -104,12 +116,13 @@ def calibrate(outcomes: list[Outcome], validation: str | None = None,
         temperature=temperature, samples=len(outcomes), accuracy=float(correct.mean()),
         ece_before=expected_calibration_error(confidence(logprobs, 1.0), correct),
         ece_after=expected_calibration_error(confidence(logprobs, temperature), correct),
-        validation=validation)
+        validation=validation, **short)
 
 
 def generate_on_shards(model, data_uri: str, max_samples: int | None = None, batch_size: int = 32,
-                       max_new_tokens: int | None = None) -> Iterator[Outcome]:
-    """Greedy captions from the media of every sample that has media (text-only rows skipped)."""
+                       max_new_tokens: int | None = None, score_tokens: int | None = None) -> Iterator[Outcome]:
+    """Greedy captions from the media of every sample that has media (text-only rows skipped);
+    with ``score_tokens``, also each sample's short score (its first ``score_tokens`` tokens)."""
     import torch
 
     from multimodal.batch import MODALITIES, present_key
@@ -135,9 +148,12 @@ def generate_on_shards(model, data_uri: str, max_samples: int | None = None, bat
         for combo, indices in combos.items():
             media = {m: torch.from_numpy(np.ascontiguousarray(arrays[m][kept[indices]])) for m in combo}
             generations = model.generate(**media, max_new_tokens=max_new_tokens or model.cfg.media.max_text_tokens)
-            for i, generation in zip(indices, generations):
+            short = (model.generate(**media, max_new_tokens=score_tokens) if score_tokens
+                     else [None] * len(generations))
+            for i, generation, score in zip(indices, generations, short):
                 group = modality_group({m: m in combo for m in MODALITIES})
-                yield Outcome(group, texts[i], (generation.text or "").strip(), generation.mean_logprob)
+                yield Outcome(group, texts[i], (generation.text or "").strip(), generation.mean_logprob,
+                              score.mean_logprob if score is not None else None)
 
 
 def calibration_uri(model_uri: str) -> str:
@@ -157,17 +173,19 @@ def store_calibration(model_uri: str, calibration: Calibration) -> None:
 
 
 def register_expert(model_uri: str, validation: str | None, max_samples: int | None = 400,
-                    refit: bool = False) -> Calibration:
-    """The expert's calibration: the stored one, else fitted on ``validation`` and stored
-    (no validation data: temperature 1, not stored)."""
+                    refit: bool = False, score_tokens: int | None = None) -> Calibration:
+    """The expert's calibration: the stored one (when it has the short score for
+    ``score_tokens``), else fitted on ``validation`` and stored (no validation data: temperature
+    1, not stored)."""
     stored = None if refit else load_calibration(model_uri)
-    if stored is not None:
+    if stored is not None and (not score_tokens or stored.score_tokens == score_tokens or not validation):
         return stored
     if not validation:
         return Calibration()
     from multimodal.model import MultimodalSLM
 
     model = MultimodalSLM.from_pretrained(model_uri)
-    calibration = calibrate(list(generate_on_shards(model, validation, max_samples)), validation)
+    outcomes = list(generate_on_shards(model, validation, max_samples, score_tokens=score_tokens))
+    calibration = calibrate(outcomes, validation, score_tokens=score_tokens)
     store_calibration(model_uri, calibration)
     return calibration

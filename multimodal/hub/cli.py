@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
             for expert in config.experts:
                 print(f"{expert.name}: fitting on {expert.validation} ..." if expert.validation
                       else f"{expert.name}: no validation data, temperature 1", flush=True)
-                result = register_expert(expert.model, expert.validation, refit=args.refit)
+                result = register_expert(expert.model, expert.validation, refit=args.refit,
+                                         score_tokens=config.routing.score_tokens or None)
                 print(json.dumps({"expert": expert.name, **result.to_dict()}), flush=True)
             return 0
         _connect(args.address)

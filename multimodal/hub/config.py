@@ -55,9 +55,16 @@ class RoutingConfig(StrictModel):
         "modalities", description="ask only the experts competent on the request's media "
         "(none: broadcast every request to every expert)")
     threshold: float = Field(0.3, ge=0, le=1, description="below this best confidence: no answer")
+    score_tokens: int = Field(3, ge=0, description="when several experts are asked, each scores "
+                              "only its first N tokens and the winner alone generates the answer "
+                              "(0: every asked expert generates the whole answer)")
     expert_timeout_s: float = Field(20.0, gt=0, description="an expert slower than this counts as failed")
     max_batch_size: int = Field(8, ge=1, description="requests one replica decodes together (@serve.batch)")
-    batch_wait_timeout_s: float = Field(0.005, ge=0)
+    batch_wait_timeout_s: float = Field(0.0, ge=0, description="how long a lone request waits for "
+                                        "company (0: batch what queued while the last batch ran)")
+    probe_interval_s: float = Field(1.0, gt=0, description="how often a down expert is pinged")
+    health_check_period_s: float = Field(2.0, gt=0, description="Serve's replica health check "
+                                         "period for the experts (how soon a dead replica is replaced)")
 
 
 class PoolConfig(StrictModel):

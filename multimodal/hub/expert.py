@@ -10,12 +10,20 @@ the same expert into one ``generate`` call (Serve splits batches by model id).
 
 from __future__ import annotations
 
+import logging
+import time
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 
 from multimodal.hub.calibration import confidence
+
+
+def _load_model(uri: str):
+    from multimodal.model import MultimodalSLM
+
+    return MultimodalSLM.from_pretrained(uri)
 
 
 def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_wait_timeout_s: float):
@@ -30,32 +38,51 @@ def make_expert_deployment(models_per_replica: int, max_batch_size: int, batch_w
 
             torch.set_num_threads(1)
             self.experts = experts
+            self.preloaded = {}
+            if len(experts) == 1:  # a deployment per expert: ready with its model, no first-call load
+                [(name, expert)] = experts.items()
+                try:
+                    self.preloaded[name] = _load_model(expert["model"])
+                except Exception as exc:  # unreadable now: the first call retries (and fails alone)
+                    logging.getLogger("ray.serve").warning(
+                        "expert %s: model not loaded at start: %s: %s", name, type(exc).__name__, exc)
 
         @serve.multiplexed(max_num_models_per_replica=models_per_replica)
         async def load(self, name: str):
-            from multimodal.model import MultimodalSLM
-
             if name not in self.experts:
                 raise KeyError(f"unknown expert {name!r}")
-            return MultimodalSLM.from_pretrained(self.experts[name]["model"])
+            if name in self.preloaded:
+                return self.preloaded.pop(name)  # the multiplexer caches it from now on
+            return _load_model(self.experts[name]["model"])
+
+        async def ping(self) -> str:
+            """Ready when the expert's model is loaded (the ingress's health probe)."""
+            await self.load(serve.get_multiplexed_model_id())
+            return "ok"
 
         @serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=batch_wait_timeout_s)
         async def generate(self, queries: list[dict[str, Any]]) -> list[dict[str, Any]]:
             """Answer a batch of queries for one expert (Serve groups a batch by model id)."""
             name = serve.get_multiplexed_model_id()
             model = await self.load(name)
-            temperature = float(self.experts[name]["temperature"])
+            temperatures = {False: float(self.experts[name]["temperature"]),  # whole answer
+                            True: float(self.experts[name].get("score_temperature")  # short score
+                                        or self.experts[name]["temperature"])}
             groups: dict[tuple, list[int]] = defaultdict(list)
             for index, query in enumerate(queries):
-                groups[(tuple(sorted(query["media"])), query["max_new_tokens"])].append(index)
+                groups[(tuple(sorted(query["media"])), query["max_new_tokens"], bool(query.get("score")))].append(index)
             results: list[dict[str, Any] | None] = [None] * len(queries)
-            for (modalities, max_new_tokens), indices in groups.items():
+            for (modalities, max_new_tokens, score), indices in groups.items():
+                temperature = temperatures[score]
+                started = time.perf_counter()
                 generations = self._generate(model, [queries[i] for i in indices], modalities, max_new_tokens)
+                generate_ms = (time.perf_counter() - started) * 1000
                 for index, generation in zip(indices, generations):
                     results[index] = {"text": (generation.text or "").strip(),
                                       "mean_logprob": generation.mean_logprob,
                                       "confidence": float(confidence(generation.mean_logprob, temperature)),
-                                      "batch_size": len(queries)}
+                                      "finished": generation.finished,  # <eos> within max_new_tokens
+                                      "batch_size": len(queries), "generate_ms": generate_ms}
             return results
 
         @staticmethod

@@ -13,6 +13,8 @@ class ExpertAnswer:
     text: str
     mean_logprob: float
     confidence: float
+    generate_ms: float = 0.0  # the expert's model.generate call (its batch's)
+    finished: bool = True  # it emitted <eos>: the text is whole
 
 
 def candidates(request_modalities: tuple[str, ...], expert_modalities: dict[str, list[str] | None],

@@ -20,10 +20,13 @@ def register_experts(config: HubConfig, say: Callable[[str], None] = print) -> d
         except (OSError, ValueError) as exc:
             raise HubConfigError(f"expert {expert.name}: {str(exc).splitlines()[0]}") from None
         say(f"registering {expert.name} ({expert.model})")
-        calibrations[expert.name] = register_expert(expert.model, expert.validation)
+        calibrations[expert.name] = register_expert(expert.model, expert.validation,
+                                                    score_tokens=config.routing.score_tokens or None)
         c = calibrations[expert.name]
         say(f"  temperature {c.temperature:.3f} from {c.samples} validation samples"
-            + (f" (ECE {c.ece_before:.3f} -> {c.ece_after:.3f})" if c.ece_before is not None else ""))
+            + (f" (ECE {c.ece_before:.3f} -> {c.ece_after:.3f})" if c.ece_before is not None else "")
+            + (f"; {c.score_tokens}-token score: temperature {c.score_temperature:.3f} (ECE {c.score_ece_after:.3f})"
+               if c.score_temperature is not None else ""))
     return {"calibrations": calibrations, "specs": specs}
 
 

@@ -83,7 +83,8 @@ def test_routes_each_domain_to_its_expert(hub):
     assert set(state["deployments"]) == {"ingress", "expert-shapes", "expert-notes"}
     assert state["deployments"]["expert-notes"]["replicas"] == {"RUNNING": 1}
     status, health = call(url, "/healthz", key=None)
-    assert status == 200 and health == {"status": "ok", "experts": 2}
+    assert status == 200 and health == {"status": "ok", "experts": 2,
+                                        "health": {"shapes": "up", "notes": "up"}}
     status, listing = call(url, "/v1/experts")
     assert status == 200
     calibration = {e["name"]: e["calibration"] for e in listing["experts"]}
@@ -92,11 +93,24 @@ def test_routes_each_domain_to_its_expert(hub):
     for domain, rows in test_rows.items():
         for row in rows[:3]:
             status, answer = call(url, "/v1/generate", media_request(row))
-            assert status == 200, answer
+            assert status == 200, json.dumps(answer)
             assert answer["expert"] == domain, answer
             assert answer["text"] == row["text"], answer
             assert 0.05 <= answer["confidence"] <= 1.0 and answer["failed"] == {}
             assert answer["skipped"] == [d for d in DOMAIN_MEDIA if d != domain]
+
+
+def test_a_named_expert_answers_without_routing(hub):
+    url, test_rows, _ = hub
+    image = media_request(test_rows["shapes"][0])
+    status, answer = call(url, "/v1/experts/notes/generate", image)  # the wrong expert, by request
+    assert status == 200 and answer["expert"] == "notes" and set(answer["scores"]) == {"notes"}, answer
+    assert answer["skipped"] == ["shapes"] and answer["failed"] == {}
+    status, answer = call(url, "/v1/experts/shapes/generate", image)
+    assert status == 200 and answer["text"] == test_rows["shapes"][0]["text"], answer
+    status, answer = call(url, "/v1/experts/nobody/generate", image)
+    assert status == 404 and answer["error"] == "unknown expert 'nobody'; known: shapes, notes"
+    assert call(url, "/v1/experts/shapes/generate", {"image": "@@"})[0] == 400
 
 
 def test_text_prompt_is_broadcast_to_every_expert(hub):
@@ -133,39 +147,53 @@ def test_each_bad_input_is_a_4xx_and_the_hub_keeps_serving(hub):
     assert call(url, "/v1/experts", key=None)[0] == 401
 
 
-def test_a_killed_expert_replica_drops_no_request_and_is_replaced(hub, ray_cluster):
+def test_a_dead_expert_is_named_by_every_answer_until_serve_replaces_it(hub, ray_cluster):
+    """Kill notes' only replica and hide its model, so that neither it nor Serve's replacement can
+    answer whatever the timing of the replacement: every request is answered by shapes and names
+    notes as failed. With the model back, the replacement answers again."""
     import ray
     from ray.util.state import list_actors
 
-    url, test_rows, _ = hub
+    url, test_rows, config = hub
     address = f"http://{ray_cluster.dashboard_url}"
 
     def notes_replicas() -> list[str]:
         actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=1000)
         return [a.name for a in actors if "expert-notes" in (a.class_name or "")]
 
+    model = Path(next(e.model for e in config.experts if e.name == "notes"))
+    hidden = model.with_name(model.name + ".hidden")
     [victim] = notes_replicas()
-    ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
-    deadline = time.monotonic() + 60  # ray.kill is asynchronous: ask only once it is dead
-    while victim in notes_replicas() and time.monotonic() < deadline:
-        time.sleep(0.5)
-    status, answer = call(url, "/v1/generate", {"prompt": "a", "max_new_tokens": 3})
-    # the hub answers either way: from the other expert, naming the failed one, or (when Serve's
-    # replacement was up within the expert timeout) from both; it never drops the request
-    assert status == 200 and "shapes" in answer["scores"], answer
-    assert ("notes" in answer["failed"]) != ("notes" in answer["scores"]), answer
+    model.rename(hidden)
+    try:
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        deadline = time.monotonic() + 60  # ray.kill is asynchronous: ask only once it is dead
+        while victim in notes_replicas() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        # first: a call to the dead replica (or to its replacement, which cannot load the model)
+        status, answer = call(url, "/v1/generate", {"prompt": "a", "max_new_tokens": 3})
+        assert status == 200 and set(answer["scores"]) == {"shapes"}, answer
+        assert set(answer["failed"]) == {"notes"}, answer
+        assert call(url, "/healthz", key=None)[1]["health"]["notes"].startswith("down: "), answer
+        # then, while notes is down: its own medium goes to the others at once, naming it
+        status, answer = call(url, "/v1/generate", media_request(test_rows["notes"][0]))
+        assert status == 200 and set(answer["scores"]) == {"shapes"}, answer
+        assert answer["failed"]["notes"].startswith("unavailable for "), answer
+    finally:
+        hidden.rename(model)
 
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:  # Serve's controller starts a new replica
-        replicas = notes_replicas()
-        if replicas and victim not in replicas:
-            status, answer = call(url, "/v1/generate", media_request(test_rows["notes"][0]))
-            if status == 200 and answer["expert"] == "notes":
-                break
-        time.sleep(1)
+    while time.monotonic() < deadline:  # the probe finds Serve's replacement able to answer
+        if call(url, "/healthz", key=None)[1]["health"]["notes"] == "up":
+            break
+        time.sleep(0.5)
     else:
-        pytest.fail("the killed notes replica was not replaced within 120 s")
-    assert answer["failed"] == {}
+        pytest.fail("notes was not back up within 120 s")
+    assert victim not in notes_replicas() and len(notes_replicas()) == 1
+    status, answer = call(url, "/v1/generate", {"prompt": "a", "max_new_tokens": 3})
+    assert status == 200 and set(answer["scores"]) == {"shapes", "notes"} and answer["failed"] == {}, answer
+    status, answer = call(url, "/v1/generate", media_request(test_rows["notes"][0]))
+    assert status == 200 and answer["expert"] == "notes" and answer["failed"] == {}, answer
 
 
 def test_pool_multiplexes_more_experts_than_a_replica_holds(hub):

@@ -68,6 +68,18 @@ def test_calibrate_measures_competence_per_media_group():
     assert calibration.accuracy_by_group == {"audio": 0.0, "image": 1.0}
     assert calibration.modalities == ["image"] and calibration.samples == 12
     assert calibration.ece_after <= calibration.ece_before
+    assert calibration.score_tokens is None and calibration.score_temperature is None
+
+
+def test_calibrate_fits_the_short_score_for_the_whole_answer():
+    # the first tokens are surer than the whole answer: the short score needs its own temperature
+    outcomes = [Outcome("image", "a red circle", "a red circle", -0.05, score_logprob=-0.01)] * 8
+    outcomes += [Outcome("image", "a red circle", "a blue square", -0.6, score_logprob=-0.1)] * 8
+    calibration = calibrate(outcomes, "val", score_tokens=3)
+    assert calibration.score_tokens == 3
+    assert 0 < calibration.score_temperature < calibration.temperature
+    right, wrong = confidence(np.array([-0.01, -0.1]), calibration.score_temperature)
+    assert right > 0.5 > wrong and calibration.score_ece_after < 0.3
 
 
 def test_request_errors_are_one_line_4xx():
@@ -135,3 +147,35 @@ def test_cli_bad_config_is_a_one_line_error_with_exit_2(tmp_path, capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [f"error: hub config error: {tmp_path / 'missing.yaml'}: no such file",
                       "error: hub config error: experts.0.model: Field required"]
+
+
+def test_health_keeps_a_failed_expert_down_until_a_probe_answers():
+    import asyncio
+
+    from multimodal.hub.health import ExpertHealth, probe_down_experts
+
+    health = ExpertHealth(["shapes", "notes"])
+    health.mark_down("notes", "ActorDiedError: the actor died")
+    health.mark_down("notes", "TimeoutError: later")  # the first reason is kept
+    assert health.snapshot() == {"shapes": "up", "notes": "down: ActorDiedError: the actor died"}
+    assert health.reason("notes").startswith("unavailable for ")
+    pinged, loadable = [], {"notes": False}
+
+    async def ping(name: str) -> None:
+        pinged.append(name)
+        if not loadable[name]:
+            raise FileNotFoundError("model.safetensors")
+
+    async def scenario() -> None:
+        probes = asyncio.create_task(probe_down_experts(health, ping, interval_s=0.01, timeout_s=1.0))
+        while len(pinged) < 3:  # failing probes leave it down
+            await asyncio.sleep(0.01)
+        assert not health.is_up("notes")
+        loadable["notes"] = True
+        while not health.is_up("notes"):
+            await asyncio.sleep(0.01)
+        probes.cancel()
+
+    asyncio.run(scenario())
+    assert set(pinged) == {"notes"}  # an expert that is up is never probed
+    assert health.snapshot() == {"shapes": "up", "notes": "up"}
