@@ -19,7 +19,7 @@ rows, fill modalities no row has with zeros, normalise pixels).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -150,20 +150,5 @@ def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", dev
         yield model_batch(batch, spec, keep_ids, time.perf_counter() - started)
 
 
-def collate_numpy(rows: Iterable[dict]) -> dict[str, np.ndarray]:
-    """Stack per-sample dicts (e.g. from ``SampleProcessor`` outside Ray) into one numpy batch."""
-    rows = list(rows)
-    if not rows:
-        raise ValueError("no rows to collate")
-    return {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
-
-
-def to_torch(batch: dict[str, np.ndarray], device=None) -> dict:
-    """A numpy batch → torch tensors (contract keys and any other numeric keys)."""
-    import torch
-
-    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
-
-
-__all__ = ["BatchStats", "iter_training_batches", "training_collate", "model_batch", "batch_stats", "collate_numpy", "to_torch",
+__all__ = ["BatchStats", "iter_training_batches", "training_collate", "model_batch", "batch_stats",
            "CONTRACT_KEYS"]
