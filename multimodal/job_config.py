@@ -88,6 +88,9 @@ class TrainSettings(StrictModel):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     seed: int = 0
     log_every_steps: int = Field(10, ge=1)
+    peak_tflops: float | None = Field(None, gt=0, description="peak FLOP/s of one worker's device in TFLOP/s, "
+                                      "for MFU (default: known GPUs' bf16 peak, or the CPU constant "
+                                      "in multimodal/training/mfu.py times the worker's CPUs)")
     # distillation and early exit (multimodal/compress/distill.py, docs/compression.md)
     teacher: str | None = Field(None, description="frozen teacher model (save_pretrained URI)")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target KL term")
