@@ -138,3 +138,32 @@ def train_local(job: JobConfig, model_cfg, tokenizer_uri: str, device: str = "cp
                    "total_steps": total_steps(one_worker, train_data), "tokenizer_uri": tokenizer_uri,
                    "datasets": sorted(datasets)}
     return run_training(loop_config, LocalRuntime(run, datasets, device))
+
+
+def run_job_local(job: JobConfig) -> dict[str, Any]:
+    """``jobs/train_multimodal.py --no-ray``: the preflight's data checks, the tokenizer, ``train_local``, and the
+    result (stored as ``<run>/result.json``), all in this process."""
+    import time
+
+    from multimodal.data.tokenizer import load_tokenizer
+    from multimodal.launch import (PreflightError, _finetune_base_config, check_data_spec, describe_data,
+                                   prepare_tokenizer, run_uri)
+
+    started = time.time()
+    if fs.is_s3(job.run.storage_path):
+        raise PreflightError("--no-ray keeps the run in a local folder: give a local --storage-path")
+    run = run_uri(job)
+    os.makedirs(run, exist_ok=True)
+    for uri, role in ((job.data.train, "training"), (job.data.val, "validation")):
+        if uri:
+            check_data_spec(job, describe_data(uri, role), role)
+    base_cfg = _finetune_base_config(job)
+    tokenizer_uri = prepare_tokenizer(job, run)
+    model_cfg = base_cfg or job.model.resolve(vocab_size=load_tokenizer(tokenizer_uri).get_vocab_size())
+    resolved = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json")}
+    fs.write_bytes_atomic(fs.join(run, "config.json"), json.dumps(resolved, indent=1).encode())
+    result = dict(train_local(job, model_cfg, tokenizer_uri) or {})
+    result.update({"name": job.run.name, "run_uri": run, "preset": model_cfg.preset, "runtime": "plain process",
+                   "wall_seconds": round(time.time() - started, 1)})
+    fs.write_bytes_atomic(fs.join(run, "result.json"), json.dumps(result, indent=1).encode())
+    return result

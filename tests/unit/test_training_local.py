@@ -102,3 +102,20 @@ def test_model_flops_count_encoders_only_for_samples_that_carry_them():
     assert text_only == 4 * flops.per_sample and with_images == text_only + 2 * flops.per_modality["image"]
     assert peak_flops(torch.device("cpu"), 2) == pytest.approx(2 * CPU_PEAK_TFLOPS_PER_CORE * 1e12)
     assert peak_flops(torch.device("cpu"), 2, peak_tflops=3.0) == 3e12
+
+
+def test_the_job_runs_without_ray_from_the_command_line(shards, capsys):
+    from jobs.train_multimodal import main
+
+    storage = shards["root"] / "cli-runs"
+    argv = ["--no-ray", "--data", shards["uri"], "--tokenizer", shards["tokenizer"], "--preset", "tiny",
+            "--storage-path", str(storage), "--name", "cli", "--max-steps", "2", "--batch-size", "4",
+            "--cpus-per-worker", "1", "--peak-tflops", "0.5"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.split("RESULT ", 1)[1])
+    assert result["steps"] == 2 and result["world_size"] == 1 and result["peak_tflops"] == 0.5
+    assert result["runtime"] == "plain process" and (storage / "cli" / "model" / "model.safetensors").exists()
+    assert json.loads((storage / "cli" / "result.json").read_text())["steps"] == 2
+    assert main([*argv, "--storage-path", "s3://bucket/runs"]) == 2  # one line, no traceback
+    assert capsys.readouterr().err.strip() == ("error: --no-ray keeps the run in a local folder: "
+                                               "give a local --storage-path")
