@@ -38,7 +38,7 @@ STATS_KEYS: tuple[str, ...] = ("sample_valid", "shard_id", *(f"bad_{m}" for m in
 
 @dataclass
 class BatchStats:
-    """Counts for one batch (or, summed with ``+``/``merge``, for an epoch)."""
+    """Counts for one batch (or, summed with ``merge``, for an epoch)."""
 
     rows: int = 0  # rows read from the pipeline (valid + dropped)
     valid: int = 0  # rows yielded
@@ -60,15 +60,6 @@ class BatchStats:
             self.rows_per_shard[key] = self.rows_per_shard.get(key, 0) + value
         self.wait_s += other.wait_s
         return self
-
-    def __add__(self, other: "BatchStats") -> "BatchStats":
-        return BatchStats().merge(self).merge(other)
-
-    def as_dict(self) -> dict:
-        return {"rows": self.rows, "valid": self.valid, "dropped": self.dropped,
-                "samples": dict(self.samples), "bad": dict(self.bad),
-                "rows_per_shard": {int(k): int(v) for k, v in self.rows_per_shard.items()},
-                "wait_s": round(self.wait_s, 4)}
 
 
 def _to_numpy(value):

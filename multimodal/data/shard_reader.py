@@ -15,7 +15,6 @@ import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 
 from multimodal import fs
