@@ -79,11 +79,10 @@ def post(url: str, body: bytes, timeout: float = 120) -> tuple[int, dict, float]
 
 def test_samples(uri: str, max_samples: int) -> list[dict]:
     """Rows of the test shards that carry exactly one medium: bytes, caption, group."""
-    from multimodal.data import schema
-    from multimodal.evaluation import iter_shard_batches
+    from multimodal.data.shard_reader import iter_shard_rows
 
     samples = []
-    for rows in iter_shard_batches(uri, schema.read_summary(uri), 64, max_samples):
+    for rows in iter_shard_rows(uri, 64, max_samples):
         for row in rows:
             present = [m for m in MEDIA if row.get(m)]
             if len(present) == 1:

@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scale-timeout", type=float, metavar="SECONDS",
                         help="on an autoscaling cluster, how long to wait for the nodes the job needs "
                              "(default 600; a GPU node on AWS takes 3-6 minutes)")
+    parser.add_argument("--peak-tflops", type=float, help="peak TFLOP/s of one worker's device, for MFU "
+                        "(default: known GPUs' bf16 peak; on CPU 0.175 per core, docs/training.md)")
+    parser.add_argument("--no-ray", action="store_true",
+                        help="run the same training loop in this process, without Ray: one worker, "
+                             "local storage (docs/training.md)")
     parser.add_argument("--dry-run", action="store_true",
                         help="run the preflight (data, storage, cluster capacity) and print the plan; "
                              "start no nodes and no training")
@@ -85,7 +90,7 @@ def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
         "freeze": ("finetune", "freeze"), "lora_rank": ("finetune", "lora_rank"),
         "val_every": ("train", "val_every_steps"), "teacher": ("train", "teacher"),
         "distill_alpha": ("train", "distill_alpha"), "distill_temperature": ("train", "distill_temperature"),
-        "early_exit_loss": ("train", "early_exit_loss"),
+        "early_exit_loss": ("train", "early_exit_loss"), "peak_tflops": ("train", "peak_tflops"),
     }
     overrides: dict[str, Any] = {}
     for attribute, (section, key) in mapping.items():
@@ -112,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.print_config:
             print(json.dumps(job.model_dump(mode="json"), indent=1))
             return 0
-        result = run(job, dry_run=args.dry_run)
+        if args.no_ray:
+            from multimodal.training.local import run_job_local
+
+            result = run_job_local(job)
+        else:
+            result = run(job, dry_run=args.dry_run)
     except (ConfigError, PreflightError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

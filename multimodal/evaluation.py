@@ -4,7 +4,8 @@ Samples are grouped by what they carry: ``image``, ``audio``, ``video`` (one med
 (several) and ``text`` (text only). For every group: mean next-token loss over the text tokens and
 its perplexity; for groups with media, the exact-match accuracy of the greedy caption generated
 from the media alone against the sample's text (case and surrounding space ignored).
-This runs in one process (no Ray needed), reading the shards with pyarrow from disk or S3.
+This runs in one process (no Ray cluster), reading the shards from disk or S3 through the training
+path (``data/shard_reader.py``: decoders → wire rows → ``training_collate`` → ``model_batch``).
 """
 
 from __future__ import annotations
@@ -12,16 +13,12 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
-import pyarrow.parquet as pq
 import torch
 
-from multimodal import fs
 from multimodal.batch import MODALITIES, present_key
-from multimodal.data import schema
-from multimodal.data.pipeline import SampleProcessor
+from multimodal.data.shard_reader import check_model_matches, iter_model_batches
 
 GROUPS = ("image", "audio", "video", "multi", "text")
 
@@ -51,76 +48,18 @@ class GroupScore:
                 "examples": self.examples}
 
 
-def iter_shard_batches(uri: str, summary: schema.DatasetSummary, batch_size: int,
-                       max_samples: int | None = None) -> Iterator[list[dict]]:
-    """Rows in the shard schema, ``batch_size`` at a time, streamed one Parquet batch after another
-    (a whole shard is never held in memory)."""
-    root = schema.dataset_root(uri)
-    seen = 0
-    for shard_id, name in enumerate(summary.shard_names):
-        filesystem, path = fs.filesystem_for(fs.join(root, name))
-        with filesystem.open_input_file(path) as handle:
-            for record_batch in pq.ParquetFile(handle).iter_batches(batch_size=batch_size):
-                rows = record_batch.to_pylist()
-                if max_samples is not None:
-                    rows = rows[:max_samples - seen]
-                for row in rows:
-                    seen += 1
-                    row.update(shard_id=shard_id, sample_id=seen)
-                if rows:
-                    yield rows
-                if max_samples is not None and seen >= max_samples:
-                    return
-
-
-def _predecoded_arrays(summary, data_uri: str, model):
-    """For pre-decoded shards: a function from their rows to dense contract arrays (after
-    checking they were made for this model's spec and tokenizer); None for raw shards."""
-    import pyarrow as pa
-
-    from multimodal.data import predecoded
-    from multimodal.data.wire import wire_to_dense
-
-    if not predecoded.is_predecoded(summary):
-        return None
-    spec = model.cfg.media
-    predecoded.check_spec(summary, spec, data_uri, model.cfg.preset)
-    if predecoded.tokenizer_sha256(model.tokenizer.to_str()) != summary.decoded["tokenizer_sha256"]:
-        raise ValueError(f"{data_uri} was tokenized with another tokenizer than the model's; evaluate on "
-                         "raw shards or re-pack with --tokenizer <model>/tokenizer.json")
-
-    def arrays(rows: list[dict]) -> dict:
-        table = pa.Table.from_pylist(rows, schema=predecoded.PREDECODED_SCHEMA)
-        return wire_to_dense(predecoded.to_wire(table, spec, shard_id=-1), spec)
-
-    return arrays
-
-
 def evaluate(model, data_uri: str, batch_size: int = 32, max_samples: int | None = None,
              max_new_tokens: int | None = None, examples_per_group: int = 3) -> dict[str, Any]:
-    """Score ``model`` (with its tokenizer) on the shards at ``data_uri``."""
+    """Score ``model`` (with its tokenizer) on the shards at ``data_uri`` (raw or pre-decoded)."""
     if model.tokenizer is None:
         raise ValueError("the model has no tokenizer; export it with save_pretrained(..., tokenizer=...)")
-    summary = schema.read_summary(data_uri)
-    if summary is None:
-        raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards first")
+    check_model_matches(data_uri, model)
     spec = model.cfg.media
-    to_arrays = _predecoded_arrays(summary, data_uri, model)  # None for raw shards
-    processor = SampleProcessor(spec, model.tokenizer, summary.shard_names,
-                                max_consecutive_failures=10**9, torch_threads=None, max_failure_rate=1.0)
     max_new_tokens = max_new_tokens or spec.max_text_tokens
     scores: dict[str, GroupScore] = defaultdict(GroupScore)
     model.eval()
-    for rows in iter_shard_batches(data_uri, summary, batch_size, max_samples):
-        texts = [row.get("text") or "" for row in rows]
-        arrays = to_arrays(rows) if to_arrays else processor.process_rows(rows)
-        valid = arrays["sample_valid"]
-        batch = {k: torch.from_numpy(np.ascontiguousarray(v[valid])) for k, v in arrays.items()
-                 if k in ("input_ids", "attention_mask", "labels", *MODALITIES,
-                          *(present_key(m) for m in MODALITIES))}
-        texts = [t for t, ok in zip(texts, valid) if ok]
-        if not texts:
-            continue
+    for read in iter_model_batches(data_uri, spec, model.tokenizer, batch_size, max_samples):
+        batch, texts = read.batch, read.texts
         with torch.no_grad():
             output = model(batch)
         groups = [modality_group({m: bool(batch[present_key(m)][i]) for m in MODALITIES})

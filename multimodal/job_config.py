@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from multimodal.config import ModelConfig, StrictModel, preset
 
 SEED_SECTIONS = {"main", "SLM", "SLMOtak", "SLMTrainLoad"}
+SEED_API_ENDPOINT = "https://API_ENDPOINT"  # the seed template's placeholder: means "not set"
 
 
 class ConfigError(ValueError):
@@ -66,10 +67,20 @@ class DataSettings(StrictModel):
 
 
 class EarlyStopping(StrictModel):
+    """Stop when ``monitor`` has not improved in ``patience`` validations. The one monitor,
+    ``val_loss``, is minimised: ``mode: max`` is refused (it would stop on a loss that is falling)."""
+
     patience: int = Field(7, ge=1, description="validations without improvement before stopping")
     monitor: Literal["val_loss"] = "val_loss"
     mode: Literal["min", "max"] = "min"
     verbose: bool = False
+
+    @field_validator("mode")
+    @classmethod
+    def _minimise(cls, mode: str) -> str:
+        if mode != "min":
+            raise ValueError("max is not supported: the monitor val_loss is minimised; use min")
+        return mode
 
 
 class TrainSettings(StrictModel):
@@ -88,6 +99,9 @@ class TrainSettings(StrictModel):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     seed: int = 0
     log_every_steps: int = Field(10, ge=1)
+    peak_tflops: float | None = Field(None, gt=0, description="peak FLOP/s of one worker's device in TFLOP/s, "
+                                      "for MFU (default: known GPUs' bf16 peak, or the CPU constant "
+                                      "in multimodal/training/mfu.py times the worker's CPUs)")
     # distillation and early exit (multimodal/compress/distill.py, docs/compression.md)
     teacher: str | None = Field(None, description="frozen teacher model (save_pretrained URI)")
     distill_alpha: float = Field(0.5, ge=0, le=1, description="weight of the soft-target KL term")
@@ -124,7 +138,6 @@ class JobConfig(StrictModel):
     train: TrainSettings = Field(default_factory=TrainSettings)
     run: RunSettings = Field(default_factory=RunSettings)
     finetune: FinetuneSettings = Field(default_factory=FinetuneSettings)
-    serving: dict[str, str] = Field(default_factory=dict, description="kept, not used: SLM.api_endpoint")
 
     @model_validator(mode="after")
     def _check(self) -> "JobConfig":
@@ -141,7 +154,7 @@ def from_seed(seed: dict[str, Any]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"config error: {sorted(unknown)[0]}: unknown key (seed files have "
                           f"{sorted(SEED_SECTIONS)})")
-    out: dict[str, Any] = {"model": {}, "data": {}, "train": {}, "serving": {}}
+    out: dict[str, Any] = {"model": {}, "data": {}, "train": {}}
     main = dict(seed.get("main", {}))
     for key, target in (("batch_size", "batch_size"), ("learning_rate", "learning_rate"),
                         ("num_epochs", "num_epochs")):
@@ -154,8 +167,7 @@ def from_seed(seed: dict[str, Any]) -> dict[str, Any]:
     slm = dict(seed.get("SLM", {}))
     if "training_dataset_filename" in slm:
         out["data"]["train"] = slm.pop("training_dataset_filename")
-    if "api_endpoint" in slm:
-        out["serving"]["api_endpoint"] = slm.pop("api_endpoint")
+    _check_api_endpoint(slm.pop("api_endpoint", SEED_API_ENDPOINT))
     _reject_leftovers("SLM", slm)
 
     otak = dict(seed.get("SLMOtak", {}))
@@ -181,6 +193,15 @@ def from_seed(seed: dict[str, Any]) -> dict[str, Any]:
             raise ConfigError(f"config error: SLMTrainLoad.early_stopping.{key}: unknown key")
         out["train"].setdefault("early_stopping", {})[mapping[key]] = stopping.pop(key)
     return out
+
+
+def _check_api_endpoint(endpoint: Any) -> None:
+    """The seed's ``SLM.api_endpoint`` names where a model is served; training serves nothing.
+    The seed template's placeholder is accepted (the seed file trains as it is); a real endpoint
+    is refused, so that nobody expects the job to publish there."""
+    if endpoint != SEED_API_ENDPOINT:
+        raise ConfigError(f"config error: SLM.api_endpoint: {endpoint!r} is not used by training; remove it "
+                          "and serve the exported model with slm-hub (docs/hub.md)")
 
 
 def _reject_leftovers(section: str, rest: dict[str, Any]) -> None:

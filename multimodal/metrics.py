@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from typing import Mapping
 
-from multimodal.batch import MODALITIES
-
-ALL_MODALITIES = ("text",) + MODALITIES
-
 
 class TrainMetrics:
     """Gauges and counters for one training worker, tagged with the run name and rank."""

@@ -14,13 +14,11 @@ import torch
 
 from multimodal.batch import MODALITIES, TEXT_KEYS, present_key
 from multimodal.config import preset
-from multimodal.data import schema
 from multimodal.data import synthetic
 from multimodal.data.demo_corpus import MANIFEST_FIELDS
 from multimodal.data.make_shards import make_shards
-from multimodal.data.pipeline import SampleProcessor
 from multimodal.data.tokenizer import train_tokenizer
-from multimodal.evaluation import iter_shard_batches
+from multimodal.data.shard_reader import iter_model_batches
 from multimodal.model import MultimodalSLM
 
 DOMAINS = {"shapes": "image", "notes": "audio", "motion": "video"}
@@ -80,15 +78,9 @@ def domain_data(root: Path, domains: list[str], count: int, seed: int = 0) -> di
 
 
 def decoded_batches(uri: str, model: MultimodalSLM, batch_size: int) -> list[dict[str, torch.Tensor]]:
-    summary = schema.read_summary(uri)
-    processor = SampleProcessor(model.cfg.media, model.tokenizer, summary.shard_names, torch_threads=None)
-    batches = []
-    for rows in iter_shard_batches(uri, summary, batch_size):
-        arrays = processor.process_rows(rows)
-        valid = arrays["sample_valid"]
-        keys = (*TEXT_KEYS, *MODALITIES, *(present_key(m) for m in MODALITIES))
-        batches.append({k: torch.from_numpy(np.ascontiguousarray(arrays[k][valid])) for k in keys})
-    return batches
+    keys = (*TEXT_KEYS, *MODALITIES, *(present_key(m) for m in MODALITIES))
+    return [{k: read.batch[k] for k in keys}
+            for read in iter_model_batches(uri, model.cfg.media, model.tokenizer, batch_size)]
 
 
 def train_expert(train_uri: str, out_uri: str, tokenizer, steps: int, seed: int = 0) -> str:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Iterator
-
-import numpy as np
 import torch
 
 from multimodal.batch import MODALITIES, TEXT_KEYS, present_key
@@ -16,26 +13,13 @@ def calibration_batches(model, data_uri: str, num_batches: int = 4, batch_size: 
                         ) -> list[dict[str, torch.Tensor]]:
     """Up to ``num_batches`` decoded batches of the shards at ``data_uri`` (written by
     ``slm-make-shards``), tokenized with the model's tokenizer, invalid samples dropped."""
-    from multimodal.data import schema
-    from multimodal.data.pipeline import SampleProcessor
-    from multimodal.evaluation import iter_shard_batches
+    from multimodal.data.shard_reader import iter_model_batches
 
     if model.tokenizer is None:
         raise ValueError("calibration needs the model's tokenizer.json next to its weights")
-    summary = schema.read_summary(data_uri)
-    if summary is None:
-        raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards")
-    processor = SampleProcessor(model.cfg.media, model.tokenizer, summary.shard_names,
-                                max_consecutive_failures=10**9, torch_threads=None)
-    batches = []
-    rows_iter: Iterator = iter_shard_batches(data_uri, summary, batch_size,
-                                             max_samples=num_batches * batch_size)
-    for rows in rows_iter:
-        arrays = processor.process_rows(rows)
-        valid = arrays["sample_valid"]
-        if valid.any():
-            batches.append({k: torch.from_numpy(np.ascontiguousarray(arrays[k][valid]))
-                            for k in BATCH_KEYS})
+    batches = [{k: read.batch[k].contiguous() for k in BATCH_KEYS}  # absent media: real zeros
+               for read in iter_model_batches(data_uri, model.cfg.media, model.tokenizer, batch_size,
+                                              max_samples=num_batches * batch_size)]
     if not batches:
         raise ValueError(f"{data_uri}: no decodable samples for calibration")
     return batches

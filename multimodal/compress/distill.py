@@ -4,7 +4,7 @@
 next-token distributions, over the text positions that carry a label, plus ``(1 - alpha) * CE``
 on the labels. ``alpha = 1`` learns from the teacher's soft targets alone.
 
-``training_loss_fn`` is what ``multimodal/training.py`` calls for every micro-batch: the plain
+``training_loss_fn`` is what ``multimodal/training/step.py`` calls for every micro-batch: the plain
 model loss, or with ``train.teacher`` the distillation loss against a frozen teacher loaded on
 the worker, and/or with ``train.early_exit_loss`` the LayerSkip-style exit loss.
 """

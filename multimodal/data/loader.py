@@ -19,7 +19,7 @@ rows, fill modalities no row has with zeros, normalise pixels).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ STATS_KEYS: tuple[str, ...] = ("sample_valid", "shard_id", *(f"bad_{m}" for m in
 
 @dataclass
 class BatchStats:
-    """Counts for one batch (or, summed with ``+``/``merge``, for an epoch)."""
+    """Counts for one batch (or, summed with ``merge``, for an epoch)."""
 
     rows: int = 0  # rows read from the pipeline (valid + dropped)
     valid: int = 0  # rows yielded
@@ -60,15 +60,6 @@ class BatchStats:
             self.rows_per_shard[key] = self.rows_per_shard.get(key, 0) + value
         self.wait_s += other.wait_s
         return self
-
-    def __add__(self, other: "BatchStats") -> "BatchStats":
-        return BatchStats().merge(self).merge(other)
-
-    def as_dict(self) -> dict:
-        return {"rows": self.rows, "valid": self.valid, "dropped": self.dropped,
-                "samples": dict(self.samples), "bad": dict(self.bad),
-                "rows_per_shard": {int(k): int(v) for k, v in self.rows_per_shard.items()},
-                "wait_s": round(self.wait_s, 4)}
 
 
 def _to_numpy(value):
@@ -150,20 +141,5 @@ def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", dev
         yield model_batch(batch, spec, keep_ids, time.perf_counter() - started)
 
 
-def collate_numpy(rows: Iterable[dict]) -> dict[str, np.ndarray]:
-    """Stack per-sample dicts (e.g. from ``SampleProcessor`` outside Ray) into one numpy batch."""
-    rows = list(rows)
-    if not rows:
-        raise ValueError("no rows to collate")
-    return {key: np.stack([np.asarray(r[key]) for r in rows]) for key in rows[0]}
-
-
-def to_torch(batch: dict[str, np.ndarray], device=None) -> dict:
-    """A numpy batch → torch tensors (contract keys and any other numeric keys)."""
-    import torch
-
-    return {k: torch.as_tensor(v, device=device) for k, v in batch.items()}
-
-
-__all__ = ["BatchStats", "iter_training_batches", "training_collate", "model_batch", "batch_stats", "collate_numpy", "to_torch",
+__all__ = ["BatchStats", "iter_training_batches", "training_collate", "model_batch", "batch_stats",
            "CONTRACT_KEYS"]

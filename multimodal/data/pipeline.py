@@ -48,12 +48,12 @@ from multimodal import fs
 from multimodal.batch import MODALITIES, empty_text, present_key
 from multimodal.config import MediaSpec
 from multimodal.data import schema
-from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
+from multimodal.data.decode import COMPACT_DECODERS, MediaDecodeError
 from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
 from multimodal.data.predecoded import is_predecoded, read_predecoded_units
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
-from multimodal.data.wire import media_shape, wire_table
+from multimodal.data.wire import wire_table
 
 EXTRA_COLUMNS: tuple[str, ...] = ("shard_id", "sample_id", "bad_image", "bad_audio", "bad_video",
                                   "sample_valid")
@@ -202,21 +202,6 @@ class SampleProcessor:
         pre-decoded shards (``predecoded.py``) hold."""
         return self._decode(rows, COMPACT_DECODERS)
 
-    def process_rows(self, rows: list[dict]) -> dict[str, np.ndarray]:
-        """Rows in the shard schema → a dense contract batch (float32 media, zeros where absent)."""
-        out, media = self._decode(rows, DECODERS)
-        for modality in MODALITIES:
-            dense = np.zeros((len(rows), *media_shape(self.spec, modality)), np.float32)
-            for i, array in enumerate(media[modality]):
-                if array is not None:
-                    dense[i] = array
-            out[modality] = dense
-        return out
-
-    def dense(self, batch: dict) -> dict[str, np.ndarray]:
-        """A batch of shard rows → a dense contract batch (``process_rows`` on its rows)."""
-        return self.process_rows(self._rows_from_batch(batch))
-
     def __call__(self, batch: dict):
         """A batch of shard rows → a ``pyarrow.Table`` of wire rows (``data/wire.py``): what the
         Ray pipeline ships."""
@@ -286,12 +271,6 @@ def read_units(uri: str, shards: Sequence[str] | None = None) -> tuple[list[str]
         path = fs.join(root, shard["path"])
         units += [{"path": path, "row_group": g} for g in (range(groups) if groups else [-1])]
     return summary.shard_names, units
-
-
-def output_columns() -> list[str]:
-    from multimodal.batch import TEXT_KEYS
-
-    return [*TEXT_KEYS, *MODALITIES, *(present_key(m) for m in MODALITIES), *EXTRA_COLUMNS]
 
 
 def resolve_shards(uri: str | Sequence[str], shards: Sequence[str] | None = None
@@ -436,4 +415,4 @@ def _actor_pool(concurrency: int | tuple[int, int]):
 __all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "iter_shard_batches",
            "DatasetBrokenError",
            "resolve_shards",
-           "output_columns", "EXTRA_COLUMNS", "wds_sample_id"]
+           "EXTRA_COLUMNS", "wds_sample_id"]

@@ -207,8 +207,10 @@ def to_wire(batch: pa.RecordBatch | pa.Table, spec: MediaSpec, shard_id: int) ->
     return wire_table(columns, media)
 
 
-def iter_unit_batches(uri: str, batch_size: int, row_group: int = -1) -> Iterator[pa.RecordBatch]:
-    """Record batches of one pre-decoded shard (one row group, or all when ``row_group`` < 0)."""
+def iter_unit_batches(uri: str, batch_size: int, row_group: int = -1,
+                      extra_columns: Sequence[str] = ()) -> Iterator[pa.RecordBatch]:
+    """Record batches of one pre-decoded shard (one row group, or all when ``row_group`` < 0);
+    ``extra_columns`` (e.g. ``text``, for evaluation) are read besides ``READ_COLUMNS``."""
     import pyarrow.parquet as pq
 
     from multimodal import fs
@@ -217,7 +219,7 @@ def iter_unit_batches(uri: str, batch_size: int, row_group: int = -1) -> Iterato
     with filesystem.open_input_file(inner) as handle:
         parquet = pq.ParquetFile(handle)
         groups = [row_group] if row_group >= 0 else None
-        yield from parquet.iter_batches(batch_size=batch_size, row_groups=groups, columns=list(READ_COLUMNS))
+        yield from parquet.iter_batches(batch_size=batch_size, row_groups=groups, columns=[*READ_COLUMNS, *extra_columns])
 
 
 class PredecodedUnitReader:

@@ -83,16 +83,6 @@ def wire_table(columns: dict[str, np.ndarray], media: dict[str, Sequence[np.ndar
     return table
 
 
-def pack_media(arrays: Sequence[np.ndarray | None], modality: str) -> np.ndarray:
-    """One wire column as an object array of ``bytes`` (``b""`` where the array is None), for
-    building wire rows by hand (e.g. ``ray.data.from_items``)."""
-    dtype = WIRE_DTYPES[modality]
-    column = np.empty(len(arrays), dtype=object)
-    for i, array in enumerate(arrays):
-        column[i] = b"" if array is None else np.ascontiguousarray(array, dtype=dtype).tobytes()
-    return column
-
-
 def _binary_chunks(column) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(offsets, data)`` numpy views of each chunk of an Arrow binary array; null = empty."""
     import pyarrow as pa
@@ -135,19 +125,6 @@ def unpack_arrow_media(column, spec: MediaSpec, modality: str) -> np.ndarray | N
             out[row + np.flatnonzero(size)] = values
         row += len(size)
     return out
-
-
-def unpack_media(column: Sequence, spec: MediaSpec, modality: str) -> np.ndarray:
-    """A wire column (Arrow binary, or a sequence of ``bytes``/None) → ``[B, *shape]`` array of
-    the wire dtype, zeros where the value is empty."""
-    import pyarrow as pa
-
-    if not isinstance(column, (pa.Array, pa.ChunkedArray)):
-        column = pa.array(list(column), pa.binary())
-    dense = unpack_arrow_media(column, spec, modality)
-    if dense is None:
-        return np.zeros((len(column), *media_shape(spec, modality)), WIRE_DTYPES[modality])
-    return dense
 
 
 def absent_zeros(shape: Sequence[int], device=None):
@@ -201,38 +178,6 @@ def _numpy_columns(table, names: Sequence[str]) -> dict[str, np.ndarray]:
     return BlockAccessor.for_block(table.select(list(names))).to_batch_format("numpy") if names else {}
 
 
-def _as_numpy_batch(batch) -> dict:
-    """A wire batch given as a ``pyarrow.Table`` or a dict → dict (media columns left as they are)."""
-    import pyarrow as pa
-
-    if not isinstance(batch, pa.Table):
-        return dict(batch)
-    out = _numpy_columns(batch, [c for c in batch.column_names if c not in MODALITIES])
-    out.update({m: batch.column(m) for m in MODALITIES if m in batch.column_names})
-    return out
-
-
-def wire_to_dense(batch, spec: MediaSpec) -> dict[str, np.ndarray]:
-    """A wire batch (``pyarrow.Table`` or numpy dict) → the numpy dense contract batch (float32,
-    normalised pixels)."""
-    from multimodal.data.decode import normalise_pixels
-
-    out = _as_numpy_batch(batch)
-    for modality in MODALITIES:
-        column = out[modality]
-        dense = unpack_media(column, spec, modality)
-        if modality in PIXEL_MODALITIES:
-            if present_key(modality) in out:
-                absent = ~np.asarray(out[present_key(modality)], dtype=bool)
-            else:
-                values = column.to_pylist() if hasattr(column, "to_pylist") else column
-                absent = np.array([v is None or len(v) == 0 for v in values], dtype=bool)
-            dense = normalise_pixels(dense)
-            dense[absent] = 0.0
-        out[modality] = dense.astype(np.float32, copy=False)
-    return out
-
-
 @functools.cache
 def _collate_class():
     from ray.data.collate_fn import ArrowBatchCollateFn
@@ -270,6 +215,5 @@ def WireCollate(spec: MediaSpec, keys: Sequence[str]):  # noqa: N802 - a class f
     return _collate_class()(spec, keys)
 
 
-__all__ = ["WIRE_DTYPES", "media_shape", "media_array", "wire_table", "pack_media", "unpack_media",
-           "unpack_arrow_media", "absent_zeros", "fill_absent_", "normalise_pixels_", "wire_to_dense",
-           "WireCollate"]
+__all__ = ["WIRE_DTYPES", "media_shape", "media_array", "wire_table", "unpack_arrow_media", "absent_zeros",
+           "fill_absent_", "normalise_pixels_", "WireCollate"]

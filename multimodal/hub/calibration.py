@@ -126,27 +126,18 @@ def generate_on_shards(model, data_uri: str, max_samples: int | None = None, bat
     import torch
 
     from multimodal.batch import MODALITIES, present_key
-    from multimodal.data import schema
-    from multimodal.data.pipeline import SampleProcessor
-    from multimodal.evaluation import iter_shard_batches, modality_group
+    from multimodal.data.shard_reader import iter_model_batches
+    from multimodal.evaluation import modality_group
 
-    summary = schema.read_summary(data_uri)
-    if summary is None:
-        raise FileNotFoundError(f"{data_uri}: no _dataset.json; pack the data with slm-make-shards first")
-    processor = SampleProcessor(model.cfg.media, model.tokenizer, summary.shard_names,
-                                max_consecutive_failures=10**9, torch_threads=None)
-    for rows in iter_shard_batches(data_uri, summary, batch_size, max_samples):
-        arrays = processor.process_rows(rows)
-        valid = arrays["sample_valid"]
-        texts = [row.get("text") or "" for row, ok in zip(rows, valid) if ok]
+    for read in iter_model_batches(data_uri, model.cfg.media, model.tokenizer, batch_size, max_samples):
+        batch, texts = read.batch, read.texts
         combos: dict[tuple[str, ...], list[int]] = defaultdict(list)
-        kept = np.flatnonzero(valid)
-        for i, row_index in enumerate(kept):
-            combo = tuple(m for m in MODALITIES if arrays[present_key(m)][row_index])
+        for i in range(len(texts)):
+            combo = tuple(m for m in MODALITIES if bool(batch[present_key(m)][i]))
             if combo:
                 combos[combo].append(i)
         for combo, indices in combos.items():
-            media = {m: torch.from_numpy(np.ascontiguousarray(arrays[m][kept[indices]])) for m in combo}
+            media = {m: batch[m][torch.tensor(indices)] for m in combo}
             generations = model.generate(**media, max_new_tokens=max_new_tokens or model.cfg.media.max_text_tokens)
             short = (model.generate(**media, max_new_tokens=score_tokens) if score_tokens
                      else [None] * len(generations))

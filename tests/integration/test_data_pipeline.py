@@ -225,7 +225,7 @@ def test_a_batch_of_only_invalid_rows_still_yields_one_empty_batch(ray_cluster):
     import ray
 
     from multimodal.batch import empty_batch
-    from multimodal.data.wire import pack_media
+    from multimodal.data.wire import wire_table
 
     rows = empty_batch(SPEC, 8)
     rows.update(sample_valid=np.array([False] * 4 + [True] * 4), shard_id=np.zeros(8, np.int64),
@@ -233,10 +233,9 @@ def test_a_batch_of_only_invalid_rows_still_yields_one_empty_batch(ray_cluster):
                 bad_video=np.zeros(8, bool))
     rows["image_present"][4:] = True
     pixels = np.full((3, SPEC.image_size, SPEC.image_size), 255, np.uint8)
-    rows["image"] = pack_media([None] * 4 + [pixels] * 4, "image")
-    for modality in ("audio", "video"):
-        rows[modality] = pack_media([None] * 8, modality)
-    dataset = ray.data.from_items([{k: v[i] for k, v in rows.items()} for i in range(8)])
+    media = {"image": [None] * 4 + [pixels] * 4, "audio": [None] * 8, "video": [None] * 8}
+    columns = {k: v for k, v in rows.items() if k not in MODALITIES}
+    dataset = ray.data.from_arrow(wire_table(columns, media))
     batches = list(iter_training_batches(dataset.iterator(), 4, SPEC, device="cpu"))
     assert [b["input_ids"].shape[0] for b, _ in batches] == [0, 4]
     assert batches[0][1].dropped == 4 and batches[0][1].bad["image"] == 4

@@ -13,10 +13,10 @@ import pytest
 
 from multimodal.config import preset
 from multimodal.data import make_shards as ms
-from multimodal.data.loader import batch_stats
+from multimodal.data.loader import CONTRACT_KEYS, STATS_KEYS, batch_stats
 from multimodal.data.pipeline import (DatasetBrokenError, ParquetUnitDecoder, SampleProcessor, read_units,
                                       resolve_shards)
-from multimodal.data.wire import wire_to_dense
+from multimodal.data.wire import WireCollate, fill_absent_, normalise_pixels_
 from multimodal.data.schema import SCHEMA_VERSION, SHARD_SCHEMA, read_summary
 from multimodal.data.tokenizer import train_tokenizer, train_tokenizer_from_dataset
 from multimodal.data.webdataset import iter_tar_samples
@@ -186,10 +186,8 @@ def test_sample_processor_without_ray(media, tmp_path):
     sizes = {m: [len(v) for v in wire.column(m).to_pylist()] for m in ("image", "audio", "video")}
     assert sizes["image"] == [3 * 32 * 32, 0, 0, 3 * 32 * 32, 0, 0, 0]
     assert sizes["video"][2] == 4 * 3 * 32 * 32 and sizes["audio"][1] == SPEC.audio_n_mels * SPEC.audio_frames * 4
-    result = wire_to_dense(wire, SPEC)
-    dense = processor.dense(batch)
-    for key, value in dense.items():  # the two paths give the same contract batch
-        np.testing.assert_array_equal(result[key], value, err_msg=key)
+    keys = (*CONTRACT_KEYS, *STATS_KEYS)  # the training path: collate, fill, normalise on the device
+    result = {k: v.numpy() for k, v in normalise_pixels_(fill_absent_(WireCollate(SPEC, keys)(wire), SPEC)).items()}
     assert result["image"].shape == (7, 3, 32, 32) and result["video"].shape == (7, 4, 3, 32, 32)
     assert result["image"].dtype == np.float32 and -1.0 <= result["image"].min() <= result["image"].max() <= 1.0
     assert result["image_present"].tolist() == [True, False, False, True, False, False, False]
@@ -234,10 +232,10 @@ def test_consecutive_failures_name_the_shard():
     proc = SampleProcessor(SPEC, train_tokenizer(["abc"] * 3, 300), ["a.parquet", "b.parquet"],
                            max_consecutive_failures=3)
     rows = [{"shard_id": 1, "sample_id": i, "text": "x", "image": b"junk"} for i in range(3)]
-    proc.process_rows(rows)  # exactly at the limit: fine
-    proc.process_rows([{"shard_id": 1, "sample_id": 9, "text": "x", "image": b""}] * 0)
+    proc.decode_compact(rows)  # exactly at the limit: fine
+    proc.decode_compact([{"shard_id": 1, "sample_id": 9, "text": "x", "image": b""}] * 0)
     with pytest.raises(DatasetBrokenError, match="b.parquet"):
-        proc.process_rows(rows[:1])
+        proc.decode_compact(rows[:1])
 
 
 def test_webdataset_tar_mapping_and_tokenizer_from_dataset(media, tmp_path):

@@ -40,7 +40,7 @@ def test_a_modality_failing_on_every_sample_stops_with_its_name(processor_factor
     processor = processor_factory()
     with pytest.raises(DatasetBrokenError) as excinfo:
         for start in range(0, 80, 16):  # batches, as the pipeline calls it
-            processor.process_rows(rows(media_dir, 40, corrupt_every=1)[start:start + 16])
+            processor.decode_compact(rows(media_dir, 40, corrupt_every=1)[start:start + 16])
     message = str(excinfo.value)
     assert "\n" not in message
     assert message.startswith("image decoding failed on 32 of 32 samples")
@@ -49,7 +49,7 @@ def test_a_modality_failing_on_every_sample_stops_with_its_name(processor_factor
 
 def test_a_few_corrupt_files_do_not_stop_the_data(processor_factory, media_dir):
     processor = processor_factory()
-    out = processor.process_rows(rows(media_dir, 60, corrupt_every=10))
+    out, _ = processor.decode_compact(rows(media_dir, 60, corrupt_every=10))
     assert int(out["bad_image"].sum()) == 6 and int(out["image_present"].sum()) == 54
 
 

@@ -26,10 +26,26 @@ def test_seed_config_is_accepted_as_it_is():
     assert job.train.early_stopping.patience == 7  # SLMTrainLoad wins over main.patience
     assert job.train.early_stopping.mode == "min" and job.train.early_stopping.monitor == "val_loss"
     assert job.data.train == "dataset.csv"
-    assert job.serving["api_endpoint"] == "https://API_ENDPOINT"
+    assert "serving" not in job.model_dump()  # the seed's placeholder endpoint: not a setting
     model = job.model.resolve()
     assert (model.core.hidden_size, model.core.num_heads, model.core.num_layers) == (512, 8, 6)
     assert model.core.dropout == 0.1 and model.preset == "slm-63m"
+
+
+def test_settings_that_would_be_ignored_are_refused_with_one_line():
+    seed = json.loads(SEED.read_text())
+    seed["SLM"]["api_endpoint"] = "https://models.example.com"
+    with pytest.raises(ConfigError, match=r"^config error: SLM.api_endpoint: .* is not used by training; "
+                                          r"remove it and serve the exported model with slm-hub"):
+        from_seed(seed)
+    seed["SLM"].pop("api_endpoint")  # no endpoint at all: fine
+    assert "serving" not in from_seed(seed)
+    seed["SLMTrainLoad"]["early_stopping"]["early_stopping_mode"] = "max"
+    with pytest.raises(ConfigError, match=r"^config error: train.early_stopping.mode: Value error, max is not "
+                                          r"supported: the monitor val_loss is minimised; use min$"):
+        build_config(from_seed(seed))
+    with pytest.raises(ConfigError, match="^config error: serving: unknown key$"):
+        build_config({"serving": {"api_endpoint": "https://x"}})
 
 
 def test_seed_main_patience_is_used_without_slmtrainload():

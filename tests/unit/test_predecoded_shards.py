@@ -17,7 +17,8 @@ from multimodal.data.pack_decoded import PROGRESS_NAME, PackInterrupted, pack_de
 from multimodal.data.pipeline import ParquetUnitDecoder, read_units
 from multimodal.data.schema import read_summary
 from multimodal.data.tokenizer import load_tokenizer
-from multimodal.data.wire import wire_to_dense
+from multimodal.data.loader import CONTRACT_KEYS, STATS_KEYS
+from multimodal.data.wire import WireCollate, fill_absent_, normalise_pixels_
 
 SPEC = preset("tiny").media
 
@@ -44,8 +45,11 @@ def write_manifest(folder: Path, name: str, repeat: int = 1) -> Path:
 
 
 def dense_batches(reader, units) -> dict[str, np.ndarray]:
-    """Every row of ``units`` through ``reader`` as one dense contract batch (numpy)."""
-    parts = [wire_to_dense(table, SPEC) for u in units for table in reader(u)]
+    """Every row of ``units`` through ``reader`` as one dense contract batch (numpy), made the way
+    a training worker makes it (collate, fill absent modalities, normalise pixels)."""
+    collate = WireCollate(SPEC, (*CONTRACT_KEYS, *STATS_KEYS, "sample_id"))
+    parts = [{k: v.numpy() for k, v in normalise_pixels_(fill_absent_(collate(table), SPEC)).items()}
+             for u in units for table in reader(u)]
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
