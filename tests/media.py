@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 from multimodal.data import synthetic
@@ -60,3 +61,16 @@ def demo_shards_on_s3(s3_server, folder: Path, bucket_prefix: str, per_modality:
         target = shard_bytes.get(split) if isinstance(shard_bytes, dict) else shard_bytes
         make_shards(str(manifest), uris[split], progress=None, **({"target_shard_bytes": target} if target else {}))
     return bucket, uris
+
+
+def add_corrupt_rows(manifest: Path, media_folder: Path, last_row: list[str]) -> None:
+    """Append two samples whose media do not decode (a random-bytes PNG, a truncated MP4 made
+    from a good one in ``media_folder``) and ``last_row`` to a demo-corpus manifest."""
+    good_video = next(media_folder.glob("*.mp4")).read_bytes()
+    (media_folder / "broken.png").write_bytes(synthetic.corrupt_bytes("random", None, seed=1))
+    (media_folder / "broken.mp4").write_bytes(synthetic.corrupt_bytes("truncated", good_video, seed=2))
+    with open(manifest, "a", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["bad-image", "a red circle", "media/broken.png", "", ""])
+        writer.writerow(["bad-video", "a red square moving up", "", "", "media/broken.mp4"])
+        writer.writerow(last_row)

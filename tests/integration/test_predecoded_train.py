@@ -4,32 +4,18 @@ media spec differs fails at preflight with one line naming both."""
 
 from __future__ import annotations
 
-import csv
 import hashlib
 
 import pytest
 
 from multimodal import fs
-from multimodal.data import synthetic
 from multimodal.data.demo_corpus import make_demo_corpus
 from multimodal.data.pack_decoded import PROGRESS_NAME, PackInterrupted, pack_decoded
 from multimodal.data.schema import read_summary
 from multimodal.job_config import build_config
+from tests.media import add_corrupt_rows
 
 pytestmark = pytest.mark.integration
-
-
-def _add_corrupt_rows(manifest, media_folder) -> None:
-    """Two samples whose media do not decode (one image, one video), and a text-only one so the
-    split has an even number of rows, in the training manifest."""
-    good_video = next(media_folder.glob("*.mp4")).read_bytes()
-    (media_folder / "broken.png").write_bytes(synthetic.corrupt_bytes("random", None, seed=1))
-    (media_folder / "broken.mp4").write_bytes(synthetic.corrupt_bytes("truncated", good_video, seed=2))
-    with open(manifest, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["bad-image", "a red circle", "media/broken.png", "", ""])
-        writer.writerow(["bad-video", "a red square moving up", "", "", "media/broken.mp4"])
-        writer.writerow(["words", "a circle has no corners", "", "", ""])
 
 
 def _upload(s3_server, bucket: str, folder) -> None:
@@ -46,7 +32,8 @@ def decoded_shards(tmp_path_factory, s3_server):
     folder = tmp_path_factory.mktemp("corpus")
     manifests = make_demo_corpus(folder, {"image": 8, "audio": 8, "video": 8, "text": 4},
                                  splits={"train": 0.75, "val": 0.25}, seed=5)
-    _add_corrupt_rows(manifests["train"], folder / "media")
+    # two undecodable samples, and a text-only one so the split has an even number of rows
+    add_corrupt_rows(manifests["train"], folder / "media", ["words", "a circle has no corners", "", "", ""])
     _upload(s3_server, bucket, folder)
     uris = {split: f"s3://{bucket}/pre/{split}" for split in manifests}
     with pytest.raises(PackInterrupted):

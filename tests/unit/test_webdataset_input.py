@@ -4,18 +4,17 @@ pre-decoded) into the same samples and bad-sample counts as the same corpus's ma
 
 from __future__ import annotations
 
-import csv
 import json
 
 import pytest
 
-from multimodal.data import synthetic
 from multimodal.data.demo_corpus import make_demo_corpus
 from multimodal.data.make_shards import main as make_shards_main
 from multimodal.data.make_shards import make_shards
 from multimodal.data.pack_decoded import pack_decoded
 from multimodal.data.schema import read_summary
 from multimodal.data.tar_index import TarIndexError, index_prefix
+from tests.media import add_corrupt_rows
 from tests.wds_corpus import img2dataset_stats, write_wds_from_manifest
 
 PER_MODALITY = {"image": 6, "audio": 4, "video": 4, "text": 4}
@@ -28,14 +27,7 @@ def corpus(tmp_path_factory):
     folder = tmp_path_factory.mktemp("wds")
     manifest = make_demo_corpus(folder, PER_MODALITY, splits={"train": 1.0}, seed=2)["train"]
     media = folder / "media"
-    (media / "broken.png").write_bytes(synthetic.corrupt_bytes("random", None, seed=1))
-    good_video = next(media.glob("*.mp4")).read_bytes()
-    (media / "broken.mp4").write_bytes(synthetic.corrupt_bytes("truncated", good_video, seed=2))
-    with open(manifest, "a", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["bad-image", "a red circle", "media/broken.png", "", ""])
-        writer.writerow(["bad-video", "a red square moving up", "", "", "media/broken.mp4"])
-        writer.writerow(["nothing", "", "", "", ""])
+    add_corrupt_rows(manifest, media, ["nothing", "", "", "", ""])
     tars = write_wds_from_manifest(manifest, folder / "tars", maxcount=8)
     return manifest, folder / "tars", tars
 
