@@ -151,7 +151,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train
     import ray.train.torch
 
-    from multimodal.data.loader import iter_training_batches
+    from multimodal.data.loader import EpochBatches, iter_training_batches
     from multimodal.data.tokenizer import load_tokenizer
     from multimodal.model import MultimodalSLM
 
@@ -286,15 +286,17 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     ddp = hasattr(model, "no_sync")
 
     first_epoch = state.epoch
+    # The first epoch of every attempt reads TRAIN_RESUME: the driver's dataset factory builds
+    # it from the shards the latest checkpoint had not finished (all shards on a fresh start).
+    # EpochBatches reads the next epoch ahead, so its pipeline start-up overlaps this one's end.
+    shards = {name: ray.train.get_dataset_shard(name) for name in (TRAIN_RESUME, TRAIN)}
+    epoch_batches = EpochBatches(lambda e: shards[TRAIN_RESUME if e == first_epoch else TRAIN],
+                                 range(first_epoch, train.num_epochs), train.batch_size, model_cfg.media, device)
 
     def batches_for_epoch(epoch: int) -> Iterator:
-        # The first epoch of every attempt reads TRAIN_RESUME: the driver's dataset factory builds
-        # it from the shards the latest checkpoint had not finished (all shards on a fresh start).
         if epoch != first_epoch or resumed_position is None:
             state.position = DataPosition(epoch=epoch)
-        name = TRAIN_RESUME if epoch == first_epoch else TRAIN
-        return guard_batches(iter_training_batches(ray.train.get_dataset_shard(name), train.batch_size,
-                                                   model_cfg.media, device=device), run_uri)
+        return guard_batches(epoch_batches.epoch(epoch), run_uri)
 
     for epoch in range(state.epoch, train.num_epochs):
         state.epoch = epoch
@@ -377,6 +379,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
         state.epoch = epoch + 1
     else:
         stop_reason = "num_epochs"
+    epoch_batches.close()
 
     if last_checkpoint_step != state.step:
         checkpoint_now(validate(), {"tokens_per_second": tokens_per_s})

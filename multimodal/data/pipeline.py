@@ -332,33 +332,26 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
                   num_cpus: float = 1.0, runtime_env: dict | None = None,
                   override_num_blocks: int | None = None, read_num_cpus: float = 0.25,
                   read_bin_bytes: int = DEFAULT_READ_BIN_BYTES, read_in_decoder: bool = True,
-                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS):
+                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS, resources: dict[str, float] | None = None):
     """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
 
     ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
-    URI. ``concurrency``/``num_cpus``: of the decode actors; ``batch_size``: their rows per decode
+    URI. ``concurrency``: decode actors, a fixed count or a ``(min, max)`` range that Ray Data
+    autoscales; ``num_cpus``/``resources``: what each asks for (``resources={"decode": n}`` puts
+    them on CPU-only nodes: ``capacity.decoder_pool``); ``batch_size``: their rows per decode
     call on the ``read_parquet``/WebDataset paths.
     ``runtime_env``: for the read and decode tasks; default passes the S3 endpoint and region only
     (credentials come from each node's environment or role, never from a runtime env).
     ``read_in_decoder`` (Parquet only, default True): the decode actors read their row groups
     themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step); False uses
     ``ray.data.read_parquet`` tasks, which ship the encoded bytes to the actors through the
-    object store (slower on small machines:
-    ``jobs/bench_data.py --ray-read``). WebDataset tars always use ``read_webdataset``.
-    ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``: of those read tasks. When the
-    decode actors would take every CPU of the cluster (which leaves the file-listing and read
-    tasks unschedulable and hangs the pipeline), each actor's ``num_cpus`` is lowered so one CPU
-    stays free.
+    object store (slower on small machines: ``jobs/bench_data.py --ray-read``). WebDataset tars
+    always use ``read_webdataset``. ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``:
+    of those read tasks. Pre-decoded shards are read by plain tasks (no actors), at most
+    ``max(concurrency)`` at once.
     """
     import ray
-
-    if ray.is_initialized():
-        cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
-        actors = concurrency[1] if isinstance(concurrency, tuple) else concurrency
-        reserve = 1.0  # Ray Data's ListFiles step asks for one whole CPU
-        if cluster_cpus and actors * num_cpus > cluster_cpus - reserve:
-            num_cpus = max((cluster_cpus - reserve) / actors, 0.01)
 
     kind, names, paths = resolve_shards(uri, shards)
     if not paths:
@@ -367,70 +360,83 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     # decoded rows of a 16 MiB block are ~1,200 images or ~160 videos at the slm-63m spec; Ray's
     # 128 MiB default would let two blocks fill a small object store
     context.target_max_block_size = min(context.target_max_block_size or TARGET_BLOCK_BYTES, TARGET_BLOCK_BYTES)
-    tok = as_tokenizer(tokenizer).to_str()
     if runtime_env is None:
         runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
+    largest = concurrency[1] if isinstance(concurrency, tuple) else concurrency
+    remote = {"num_cpus": _decode_cpus(num_cpus, concurrency), "runtime_env": runtime_env,
+              **({"resources": dict(resources)} if resources else {})}
     if kind == "parquet" and _predecoded(uri):
         _, units = read_units(uri, shards)
-        # pre-decoded shards (data/predecoded.py): reading is a copy, so plain tasks do it: they
-        # run in Ray's reusable worker processes (no torch import), where decode actors would be
-        # started again with every epoch's execution
-        tasks = concurrency[1] if isinstance(concurrency, tuple) else concurrency
-        return ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS)).map_batches(
+        # reading is a copy, so plain tasks do it: they run in Ray's reusable worker processes
+        # (no torch import), where decode actors would be started again with every epoch
+        return _units(units).map_batches(
             read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
                                               "batch_size": unit_batch_rows},
-            batch_size=1, batch_format="numpy", concurrency=max(1, int(tasks)),
-            num_cpus=num_cpus, runtime_env=runtime_env)
+            batch_size=1, batch_format="numpy", concurrency=max(1, int(largest)),
+            num_cpus=remote["num_cpus"], runtime_env=runtime_env)
+    args = (spec.model_dump(), as_tokenizer(tokenizer).to_str(), names, max_consecutive_failures)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
-        # one block (= one actor task) per unit, so the actors share even a small dataset; capped
-        # so a huge dataset does not become hundreds of thousands of tiny driver-side objects
-        dataset = ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS))
-        return dataset.map_batches(
-            ParquetUnitDecoder,
-            fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures, unit_batch_rows),
-            batch_size=1, batch_format="numpy", compute=_actor_pool(concurrency),
-            num_cpus=num_cpus, runtime_env=runtime_env)
-    first = paths[0]
-    filesystem, _ = fs.filesystem_for(first)
-    read_paths = [fs.filesystem_for(p)[1] for p in paths]
+        return _units(units).map_batches(ParquetUnitDecoder, fn_constructor_args=(*args, unit_batch_rows),
+                                         batch_size=1, batch_format="numpy", concurrency=concurrency, **remote)
+    dataset = _read_tasks(kind, paths, runtime_env, override_num_blocks, read_num_cpus, read_bin_bytes)
+    return dataset.map_batches(SampleProcessor, fn_constructor_args=args, batch_size=batch_size,
+                               batch_format="numpy", concurrency=concurrency,
+                               **{**remote, "runtime_env": _with_bin_bytes(runtime_env, read_bin_bytes)})
+
+
+def _decode_cpus(num_cpus: float, concurrency: int | tuple[int, int]) -> float:
+    """``num_cpus`` per decode actor, lowered when the pool's minimum would take every CPU of the
+    cluster (that leaves the file-listing and read tasks unschedulable and hangs the pipeline;
+    a range grows only into CPUs that are free)."""
+    import ray
+
+    if not ray.is_initialized():
+        return num_cpus
+    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
+    actors = concurrency[0] if isinstance(concurrency, tuple) else concurrency
+    reserve = 1.0  # Ray Data's ListFiles step asks for one whole CPU
+    if cluster_cpus and actors * num_cpus > cluster_cpus - reserve:
+        return max((cluster_cpus - reserve) / actors, 0.01)
+    return num_cpus
+
+
+def _units(units: list[dict]):
+    """One block (= one task) per read unit, so the actors share even a small dataset; capped so a
+    huge dataset does not become hundreds of thousands of tiny driver-side objects."""
+    import ray
+
+    return ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS))
+
+
+def _with_bin_bytes(runtime_env: dict, read_bin_bytes: int) -> dict:
     # Ray packs up to 128 MiB of Parquet into one read task, so a small dataset became one block
     # that only one decode actor could work on; smaller bins spread the decode over all actors
     # (measured in jobs/bench_data.py: 236-400 -> 868 images/s with 2 actors).
     bin_bytes = str(int(read_bin_bytes))
-    runtime_env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
-                                               "RAY_DATA_PARQUET_BIN_PACKING_BYTES": bin_bytes}}
     os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", bin_bytes)
-    remote = {"runtime_env": runtime_env}
+    return {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
+                                        "RAY_DATA_PARQUET_BIN_PACKING_BYTES": bin_bytes}}
+
+
+def _read_tasks(kind: str, paths: list[str], runtime_env: dict, override_num_blocks: int | None,
+                read_num_cpus: float, read_bin_bytes: int):
+    """``read_parquet`` / ``read_webdataset`` tasks over ``paths`` (encoded rows, not decoded)."""
+    import ray
+
+    filesystem, _ = fs.filesystem_for(paths[0])
+    read_paths = [fs.filesystem_for(p)[1] for p in paths]
+    remote = {"runtime_env": _with_bin_bytes(runtime_env, read_bin_bytes), "num_cpus": read_num_cpus,
+              "override_num_blocks": override_num_blocks}
     if kind == "parquet":
-        columns = list(PARQUET_READ_COLUMNS)
-        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True,
-                                        override_num_blocks=override_num_blocks, num_cpus=read_num_cpus,
-                                        **remote)
-        dataset = dataset.select_columns([*columns, "path"])  # pushed down into the Parquet read
-    else:
-        dataset = ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None,
-                                           override_num_blocks=override_num_blocks,
-                                           num_cpus=read_num_cpus, **remote)
-    return dataset.map_batches(
-        SampleProcessor,
-        fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures),
-        batch_size=batch_size, batch_format="numpy", compute=_actor_pool(concurrency), num_cpus=num_cpus,
-        **remote,
-    )
+        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True, **remote)
+        return dataset.select_columns([*PARQUET_READ_COLUMNS, "path"])  # pushed down into the read
+    return ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None, **remote)
 
 
 def _predecoded(uri) -> bool:
     """True when ``uri`` is a pre-decoded shard prefix (``slm-make-shards --decode``)."""
     return isinstance(uri, str) and is_predecoded(schema.read_summary(uri))
-
-
-def _actor_pool(concurrency: int | tuple[int, int]):
-    import ray
-
-    if isinstance(concurrency, tuple):
-        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
-    return ray.data.ActorPoolStrategy(size=concurrency)
 
 
 __all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "iter_shard_batches",
