@@ -6,6 +6,7 @@ removal stops only its own two nodes."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import uuid
@@ -64,8 +65,11 @@ def test_decoders_autoscale_and_run_on_the_cpu_node(media_dir, tmp_path):
     tokenizer = str(tmp_path / "tokenizer.json")
     train_tokenizer_from_dataset(str(shards), 300, tokenizer)
     temp_dir = f"/tmp/rdn{uuid.uuid4().hex[:6]}"  # this cluster's own session dir (AF_UNIX path limit)
-    done = subprocess.run([sys.executable, "-c", CHILD, str(shards), tokenizer, temp_dir], cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+    try:
+        done = subprocess.run([sys.executable, "-c", CHILD, str(shards), tokenizer, temp_dir], cwd=REPO,
+                              capture_output=True, text=True, timeout=240)
+    finally:
+        shutil.rmtree(temp_dir, ignore_errors=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert done.returncode == 0 and lines, done.stderr[-3000:]
     result = json.loads(lines[-1][len("RESULT "):])
