@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import sys
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -104,10 +105,11 @@ class SampleProcessor:
     def __init__(self, spec: MediaSpec | dict, tokenizer, shard_names: Sequence[str],
                  max_consecutive_failures: int = 100, torch_threads: int | None = 1,
                  max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE):
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
+        if torch_threads:  # torch (audio only) is imported lazily: it costs seconds of actor start
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(torch_threads)
+            else:
+                os.environ["OMP_NUM_THREADS"] = str(torch_threads)  # read when torch is imported
         self.spec = spec if isinstance(spec, MediaSpec) else MediaSpec(**spec)
         self.tokenizer = as_tokenizer(tokenizer)
         self.shard_names = list(shard_names)
