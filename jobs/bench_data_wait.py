@@ -93,7 +93,7 @@ def run_once(kind: str, repeat: int, uris: dict[str, str], bucket: str, args: ar
     from jobs.bench_data import MemorySampler, session_raylet_pid
 
     session = ray._private.worker._global_node.get_session_dir_path()
-    sampler = MemorySampler(session_raylet_pid(session), ray.get_runtime_context().gcs_address, every=1.0,
+    sampler = MemorySampler(session_raylet_pid(session), ray.get_runtime_context().gcs_address, every=2.0,
                             extra_pids=extra_pids)
     sampler.mark = time.perf_counter()  # the whole run is the window: where the CPU went
     sampler.start()

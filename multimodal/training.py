@@ -173,6 +173,13 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     # one intra-op thread per reserved CPU: oversubscribed threads make small models several
     # times slower (measured in jobs/bench_model.py), and Ray Data decodes on the same cores
     torch.set_num_threads(max(1, int(job.run.cpus_per_worker or 1)))
+    shards = {name: ray.train.get_dataset_shard(name) for name in (TRAIN_RESUME, TRAIN)}
+
+    def read_ahead(first: int) -> EpochBatches:  # epoch `first` reads TRAIN_RESUME (see batches_for_epoch)
+        return EpochBatches(lambda e: shards[TRAIN_RESUME if e == first else TRAIN], range(first, train.num_epochs),
+                            train.batch_size, model_cfg.media, device)
+    # a fresh start reads epoch 0 while the model is built; a resumed one once its epoch is known
+    early_batches = read_ahead(0) if ray.train.get_checkpoint() is None else None
 
     # --- model and optimizer --------------------------------------------------------------
     model = MultimodalSLM(model_cfg)
@@ -289,9 +296,7 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> dict[str, Any] | None:
     # The first epoch of every attempt reads TRAIN_RESUME: the driver's dataset factory builds
     # it from the shards the latest checkpoint had not finished (all shards on a fresh start).
     # EpochBatches reads the next epoch ahead, so its pipeline start-up overlaps this one's end.
-    shards = {name: ray.train.get_dataset_shard(name) for name in (TRAIN_RESUME, TRAIN)}
-    epoch_batches = EpochBatches(lambda e: shards[TRAIN_RESUME if e == first_epoch else TRAIN],
-                                 range(first_epoch, train.num_epochs), train.batch_size, model_cfg.media, device)
+    epoch_batches = early_batches or read_ahead(first_epoch)
 
     def batches_for_epoch(epoch: int) -> Iterator:
         if epoch != first_epoch or resumed_position is None:

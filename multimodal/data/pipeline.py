@@ -255,6 +255,24 @@ class ParquetUnitDecoder(SampleProcessor):
             yield SampleProcessor.__call__(self, data)
 
 
+_DECODER_CACHE: dict[str, ParquetUnitDecoder] = {}  # per worker process: decode_units' decoders
+
+
+def decode_units(units: dict, spec: dict, tokenizer: str, shard_names: Sequence[str],
+                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_UNIT_BATCH_ROWS) -> Iterator:
+    """A Ray Data task function: ``ParquetUnitDecoder`` over a batch of read units. The decoder
+    is kept in the worker process (Ray reuses its workers across tasks and epochs), so a later
+    task or epoch starts without building it (tokenizer, spec) again; failure counts carry on."""
+    key = hashlib.blake2b(repr((spec, tokenizer, tuple(shard_names), max_consecutive_failures, batch_size)).encode(),
+                          digest_size=16).hexdigest()
+    decoder = _DECODER_CACHE.get(key)
+    if decoder is None:
+        _DECODER_CACHE.clear()  # one dataset's decoder per process at a time
+        decoder = _DECODER_CACHE[key] = ParquetUnitDecoder(spec, tokenizer, shard_names, max_consecutive_failures,
+                                                           batch_size)
+    yield from decoder(units)
+
+
 def iter_shard_batches(uri: str, batch_size: int, row_group: int = -1) -> Iterator[dict[str, np.ndarray]]:
     """Batches of raw shard rows (the columns ``SampleProcessor`` reads, plus ``path``) from one
     Parquet shard, local or S3: one row group, or the whole shard when ``row_group`` < 0."""
@@ -334,19 +352,25 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
                   num_cpus: float = 1.0, runtime_env: dict | None = None,
                   override_num_blocks: int | None = None, read_num_cpus: float = 0.25,
                   read_bin_bytes: int = DEFAULT_READ_BIN_BYTES, read_in_decoder: bool = True,
-                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS, resources: dict[str, float] | None = None):
+                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS, resources: dict[str, float] | None = None,
+                  decode_actors: bool = False):
     """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
 
     ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
-    URI. ``concurrency``: decode actors, a fixed count or a ``(min, max)`` range that Ray Data
-    autoscales; ``num_cpus``/``resources``: what each asks for (``resources={"decode": n}`` puts
+    URI. ``concurrency``: decoders, a fixed count or a ``(min, max)`` range (Ray Data launches
+    decode tasks as CPUs free up, up to the max; an actor pool autoscales within the range);
+    ``num_cpus``/``resources``: what each asks for (``resources={"decode": n}`` puts
     them on CPU-only nodes: ``capacity.decoder_pool``); ``batch_size``: their rows per decode
     call on the ``read_parquet``/WebDataset paths.
     ``runtime_env``: for the read and decode tasks; default passes the S3 endpoint and region only
     (credentials come from each node's environment or role, never from a runtime env).
-    ``read_in_decoder`` (Parquet only, default True): the decode actors read their row groups
-    themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step); False uses
+    ``read_in_decoder`` (Parquet only, default True): the decoders read their row groups
+    themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step), as Ray tasks
+    (``decode_units``: at most ``max(concurrency)`` at once, in Ray's reusable worker processes,
+    which keep their decoder between tasks and epochs) or, with ``decode_actors=True``, as an
+    actor pool of ``concurrency`` (a ``(min, max)`` range autoscales), started again with every
+    epoch's execution; ``read_in_decoder=False`` uses
     ``ray.data.read_parquet`` tasks, which ship the encoded bytes to the actors through the
     object store (slower on small machines: ``jobs/bench_data.py --ray-read``). WebDataset tars
     always use ``read_webdataset``. ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``:
@@ -374,16 +398,22 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         return _units(units).map_batches(
             read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
                                               "batch_size": unit_batch_rows},
-            batch_size=1, batch_format="numpy", concurrency=max(1, int(largest)),
+            batch_size=1, batch_format="numpy", compute=_compute(largest, actors=False),
             num_cpus=remote["num_cpus"], runtime_env=runtime_env)
     args = (spec.model_dump(), as_tokenizer(tokenizer).to_str(), names, max_consecutive_failures)
+    if kind == "parquet" and read_in_decoder and not decode_actors:
+        _, units = read_units(uri, shards)
+        # decode tasks in Ray's reusable worker processes (decode_units keeps its decoder there):
+        # up to `largest` at once as CPUs free up; an actor pool would start again every epoch
+        return _units(units).map_batches(decode_units, fn_args=(*args, unit_batch_rows), batch_size=1,
+                                         batch_format="numpy", compute=_compute(largest, actors=False), **remote)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
         return _units(units).map_batches(ParquetUnitDecoder, fn_constructor_args=(*args, unit_batch_rows),
-                                         batch_size=1, batch_format="numpy", concurrency=concurrency, **remote)
+                                         batch_size=1, batch_format="numpy", compute=_compute(concurrency), **remote)
     dataset = _read_tasks(kind, paths, runtime_env, override_num_blocks, read_num_cpus, read_bin_bytes)
     return dataset.map_batches(SampleProcessor, fn_constructor_args=args, batch_size=batch_size,
-                               batch_format="numpy", concurrency=concurrency,
+                               batch_format="numpy", compute=_compute(concurrency),
                                **{**remote, "runtime_env": _with_bin_bytes(runtime_env, read_bin_bytes)})
 
 
@@ -401,6 +431,19 @@ def _decode_cpus(num_cpus: float, concurrency: int | tuple[int, int]) -> float:
     if cluster_cpus and actors * num_cpus > cluster_cpus - reserve:
         return max((cluster_cpus - reserve) / actors, 0.01)
     return num_cpus
+
+
+def _compute(concurrency: int | tuple[int, int], actors: bool = True):
+    """Ray Data's compute strategy: an actor pool of ``concurrency`` (a ``(min, max)`` range
+    autoscales), or tasks, at most ``max(concurrency)`` at once."""
+    import ray
+
+    if not actors:
+        return ray.data.TaskPoolStrategy(size=max(1, int(max(concurrency) if isinstance(concurrency, tuple)
+                                                         else concurrency)))
+    if isinstance(concurrency, tuple):
+        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
+    return ray.data.ActorPoolStrategy(size=concurrency)
 
 
 def _units(units: list[dict]):
@@ -441,7 +484,7 @@ def _predecoded(uri) -> bool:
     return isinstance(uri, str) and is_predecoded(schema.read_summary(uri))
 
 
-__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "iter_shard_batches",
+__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "decode_units", "read_units", "iter_shard_batches",
            "DatasetBrokenError",
            "resolve_shards",
            "output_columns", "EXTRA_COLUMNS", "wds_sample_id"]
