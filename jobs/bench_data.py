@@ -8,7 +8,7 @@ model-ready batches (dense float32, normalised pixels); ``multimodal/data/benchm
 - baseline: one process, row group after row group, no Ray, no transport;
 - DataLoader: a plain ``torch.utils.data.DataLoader`` with ``--loader-workers`` processes (an
   ``IterableDataset`` splitting the read units over them), start-up included;
-- Ray: ``build_dataset(...)`` with ``--concurrency`` decode actors, consumed on the driver with
+- Ray: ``build_dataset(...)`` with ``--concurrency`` decoders, consumed on the driver with
   ``loader.iter_training_batches``; steady state (after the first ``--warmup`` of the rows) and
   end to end (build_dataset to last batch: actor start-up included) are both reported;
 - ``--predecoded``: one process reading the same corpus packed by ``slm-make-shards --decode``.
@@ -66,8 +66,10 @@ def parse_args(argv=None):
         "%(audio)d, video %(video)d)" % DEFAULT_SAMPLES)
     add("--modalities", default="image,audio,video", help="comma list of image,audio,video (default all three)")
     add("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray cluster started here (default 2)")
-    add("--concurrency", default="3", help="Ray decode actors: N, or MIN,MAX for an autoscaling pool (default 3: "
-        "one more than the cores, as a PyAV decoder leaves ~20-25%% of its core idle)")
+    add("--concurrency", default="3", help="Ray decoders at most at once: N, or MIN,MAX (an autoscaling pool with "
+        "--decode-actors; default 3: one more than the cores, as a PyAV decoder leaves ~20-25%% of its core idle)")
+    add("--decode-actors", action="store_true", help="decode in an actor pool (build_dataset(decode_actors=True)) "
+        "instead of tasks in Ray's reusable workers")
     add("--actor-cpus", type=float, default=1.0, help="num_cpus per decode actor (build_dataset lowers it so one "
         "logical CPU stays free; default 1.0)")
     add("--loader-workers", default="2,3", help="DataLoader worker counts to time, comma list; '' = none (default 2,3)")
@@ -398,7 +400,8 @@ def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_
     optional = {k: v for k, v in (("unit_batch_rows", args.decode_batch), ("read_num_cpus", args.read_cpus)) if v}
     dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
                             batch_size=args.batch_size, override_num_blocks=blocks or None,
-                            runtime_env={"env_vars": env}, read_in_decoder=not args.ray_read, **optional)
+                            runtime_env={"env_vars": env}, read_in_decoder=not args.ray_read,
+                            decode_actors=args.decode_actors, **optional)
     warm_rows = max(int(samples * args.warmup), args.batch_size)
     out = readers.stream_ray(dataset, spec, args.batch_size, warm_rows, lambda t: setattr(sampler, "mark", t))
     sampler.stop()
@@ -507,7 +510,7 @@ def _params(args) -> corpus.MediaParams:
 def report(results: dict, args, ray_info: dict, loads: tuple[list, list]) -> None:
     """The tables on stdout and the ``RESULT {json}`` line."""
     print(f"\nData pipeline benchmark: {os.cpu_count()} cores, load average {loads[0]} at start, {loads[1]} at end; "
-          f"Ray {ray_info.get('cpus', 0):g} logical CPUs, {args.concurrency} decode actors, batch {args.batch_size}, "
+          f"Ray {ray_info.get('cpus', 0):g} logical CPUs, {args.concurrency} decode {'actors' if args.decode_actors else 'tasks'}, batch {args.batch_size}, "
           f"spec {args.preset}. samples/s (x = / baseline); e2e = start-up included; steady = after the first "
           f"{args.warmup:.0%} of rows")
     loaders = [f"DL x{w} e2e" for w in args.loader_workers]

@@ -58,10 +58,10 @@ WRITERS = {"image": (_image, ".jpg"), "audio": (_audio, ".wav"), "video": (_vide
 
 
 def make_mixed_corpus(out_dir: str | Path, per_modality: int = 48, text_rows: int | None = None,
-                      seed: int = 0) -> Path:
+                      seed: int = 0, corrupt_every: int = CORRUPT_EVERY) -> Path:
     """Write the media under ``out_dir/media`` and ``out_dir/train.jsonl``; returns the manifest.
 
-    ``per_modality`` images, audio clips and videos each (every ``CORRUPT_EVERY``-th one corrupt),
+    ``per_modality`` images, audio clips and videos each (every ``corrupt_every``-th one corrupt),
     plus ``text_rows`` text-only rows (default ``per_modality // 5``)."""
     out_dir = Path(out_dir)
     media = out_dir / "media"
@@ -71,8 +71,8 @@ def make_mixed_corpus(out_dir: str | Path, per_modality: int = 48, text_rows: in
     for modality, (writer, corrupt_suffix) in WRITERS.items():
         for index in range(per_modality):
             stem = media / f"{modality}-{index:05d}"
-            if index % CORRUPT_EVERY == CORRUPT_EVERY - 1:
-                kind = ("empty", "random")[index // CORRUPT_EVERY % 2]
+            if index % corrupt_every == corrupt_every - 1:
+                kind = ("empty", "random")[index // corrupt_every % 2]
                 path = stem.with_suffix(corrupt_suffix)
                 path.write_bytes(synthetic.corrupt_bytes(kind, seed=index))
                 rows.append({"text": f"a broken {modality} file", modality: path.relative_to(out_dir).as_posix()})

@@ -2,11 +2,12 @@
 
 ``build_dataset(uri, spec, tokenizer)`` streams the Parquet shards listed in
 ``<uri>/_dataset.json`` (or ``.tar`` WebDataset shards) from a local path or S3 and decodes every
-sample on CPU in ``map_batches`` actors: images with Pillow, audio with soundfile + torchaudio,
+sample on CPU in ``map_batches``: images with Pillow, audio with soundfile + torchaudio,
 video with PyAV, text with the ``tokenizers`` tokenizer. For Parquet the dataset is one item per
-row group ("read unit"); each decode actor (``ParquetUnitDecoder``) reads its row group from the
-store itself, ``batch_size`` rows at a time, so encoded bytes never pass through the object store
-(``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
+row group ("read unit"); each decode task (``decode_units`` running a ``ParquetUnitDecoder``, kept
+in Ray's reusable worker process between tasks and epochs; ``decode_actors=True``: an actor pool)
+reads its row group from the store itself, ``batch_size`` rows at a time, so encoded bytes never
+pass through the object store (``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
 by ``ray.data.read_webdataset`` tasks and decoded by ``SampleProcessor`` actors. Pre-decoded
 shards (``slm-make-shards --decode``, ``data/predecoded.py``) are read by ``read_predecoded_units``
 tasks, which only slice and copy what ``SampleProcessor`` wrote when the shards were packed.
@@ -52,6 +53,7 @@ from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
 from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
 from multimodal.data.predecoded import is_predecoded, read_predecoded_units
+from multimodal.data.ray_plan import compute, decode_cpus, read_tasks, unit_items, with_bin_bytes
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
 from multimodal.data.wire import media_shape, wire_table
@@ -389,94 +391,33 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     if runtime_env is None:
         runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
     largest = concurrency[1] if isinstance(concurrency, tuple) else concurrency
-    remote = {"num_cpus": _decode_cpus(num_cpus, concurrency), "runtime_env": runtime_env,
+    remote = {"num_cpus": decode_cpus(num_cpus, concurrency), "runtime_env": runtime_env,
               **({"resources": dict(resources)} if resources else {})}
     if kind == "parquet" and _predecoded(uri):
         _, units = read_units(uri, shards)
         # reading is a copy, so plain tasks do it: they run in Ray's reusable worker processes
         # (no torch import), where decode actors would be started again with every epoch
-        return _units(units).map_batches(
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(
             read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
                                               "batch_size": unit_batch_rows},
-            batch_size=1, batch_format="numpy", compute=_compute(largest, actors=False),
+            batch_size=1, batch_format="numpy", compute=compute(largest, actors=False),
             num_cpus=remote["num_cpus"], runtime_env=runtime_env)
     args = (spec.model_dump(), as_tokenizer(tokenizer).to_str(), names, max_consecutive_failures)
     if kind == "parquet" and read_in_decoder and not decode_actors:
         _, units = read_units(uri, shards)
         # decode tasks in Ray's reusable worker processes (decode_units keeps its decoder there):
         # up to `largest` at once as CPUs free up; an actor pool would start again every epoch
-        return _units(units).map_batches(decode_units, fn_args=(*args, unit_batch_rows), batch_size=1,
-                                         batch_format="numpy", compute=_compute(largest, actors=False), **remote)
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(decode_units, fn_args=(*args, unit_batch_rows), batch_size=1,
+                                         batch_format="numpy", compute=compute(largest, actors=False), **remote)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
-        return _units(units).map_batches(ParquetUnitDecoder, fn_constructor_args=(*args, unit_batch_rows),
-                                         batch_size=1, batch_format="numpy", compute=_compute(concurrency), **remote)
-    dataset = _read_tasks(kind, paths, runtime_env, override_num_blocks, read_num_cpus, read_bin_bytes)
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(ParquetUnitDecoder, fn_constructor_args=(*args, unit_batch_rows),
+                                         batch_size=1, batch_format="numpy", compute=compute(concurrency), **remote)
+    dataset = read_tasks(kind, paths, PARQUET_READ_COLUMNS, runtime_env, override_num_blocks, read_num_cpus,
+                         read_bin_bytes)
     return dataset.map_batches(SampleProcessor, fn_constructor_args=args, batch_size=batch_size,
-                               batch_format="numpy", compute=_compute(concurrency),
-                               **{**remote, "runtime_env": _with_bin_bytes(runtime_env, read_bin_bytes)})
-
-
-def _decode_cpus(num_cpus: float, concurrency: int | tuple[int, int]) -> float:
-    """``num_cpus`` per decode actor, lowered when the pool's minimum would take every CPU of the
-    cluster (that leaves the file-listing and read tasks unschedulable and hangs the pipeline;
-    a range grows only into CPUs that are free)."""
-    import ray
-
-    if not ray.is_initialized():
-        return num_cpus
-    cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
-    actors = concurrency[0] if isinstance(concurrency, tuple) else concurrency
-    reserve = 1.0  # Ray Data's ListFiles step asks for one whole CPU
-    if cluster_cpus and actors * num_cpus > cluster_cpus - reserve:
-        return max((cluster_cpus - reserve) / actors, 0.01)
-    return num_cpus
-
-
-def _compute(concurrency: int | tuple[int, int], actors: bool = True):
-    """Ray Data's compute strategy: an actor pool of ``concurrency`` (a ``(min, max)`` range
-    autoscales), or tasks, at most ``max(concurrency)`` at once."""
-    import ray
-
-    if not actors:
-        return ray.data.TaskPoolStrategy(size=max(1, int(max(concurrency) if isinstance(concurrency, tuple)
-                                                         else concurrency)))
-    if isinstance(concurrency, tuple):
-        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
-    return ray.data.ActorPoolStrategy(size=concurrency)
-
-
-def _units(units: list[dict]):
-    """One block (= one task) per read unit, so the actors share even a small dataset; capped so a
-    huge dataset does not become hundreds of thousands of tiny driver-side objects."""
-    import ray
-
-    return ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS))
-
-
-def _with_bin_bytes(runtime_env: dict, read_bin_bytes: int) -> dict:
-    # Ray packs up to 128 MiB of Parquet into one read task, so a small dataset became one block
-    # that only one decode actor could work on; smaller bins spread the decode over all actors
-    # (measured in jobs/bench_data.py: 236-400 -> 868 images/s with 2 actors).
-    bin_bytes = str(int(read_bin_bytes))
-    os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", bin_bytes)
-    return {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
-                                        "RAY_DATA_PARQUET_BIN_PACKING_BYTES": bin_bytes}}
-
-
-def _read_tasks(kind: str, paths: list[str], runtime_env: dict, override_num_blocks: int | None,
-                read_num_cpus: float, read_bin_bytes: int):
-    """``read_parquet`` / ``read_webdataset`` tasks over ``paths`` (encoded rows, not decoded)."""
-    import ray
-
-    filesystem, _ = fs.filesystem_for(paths[0])
-    read_paths = [fs.filesystem_for(p)[1] for p in paths]
-    remote = {"runtime_env": _with_bin_bytes(runtime_env, read_bin_bytes), "num_cpus": read_num_cpus,
-              "override_num_blocks": override_num_blocks}
-    if kind == "parquet":
-        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True, **remote)
-        return dataset.select_columns([*PARQUET_READ_COLUMNS, "path"])  # pushed down into the read
-    return ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None, **remote)
+                               batch_format="numpy", compute=compute(concurrency),
+                               **{**remote, "runtime_env": with_bin_bytes(runtime_env, read_bin_bytes)})
 
 
 def _predecoded(uri) -> bool:
