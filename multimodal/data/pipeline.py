@@ -53,7 +53,7 @@ from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, DECODERS, MediaDecodeError
 from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
 from multimodal.data.predecoded import is_predecoded, read_predecoded_units
-from multimodal.data.ray_plan import compute, decode_cpus, read_tasks, unit_items, with_bin_bytes
+from multimodal.data.ray_plan import compute, decode_cpus, read_tasks, task_runtime_env, unit_items, with_bin_bytes
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
 from multimodal.data.wire import media_shape, wire_table
@@ -365,8 +365,9 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     ``num_cpus``/``resources``: what each asks for (``resources={"decode": n}`` puts
     them on CPU-only nodes: ``capacity.decoder_pool``); ``batch_size``: their rows per decode
     call on the ``read_parquet``/WebDataset paths.
-    ``runtime_env``: for the read and decode tasks; default passes the S3 endpoint and region only
-    (credentials come from each node's environment or role, never from a runtime env).
+    ``runtime_env``: for the read and decode tasks; default: the S3 endpoint and region only
+    (credentials come from each node's environment or role, never from a runtime env), or none
+    when the job's runtime env has them (``ray_plan.task_runtime_env``).
     ``read_in_decoder`` (Parquet only, default True): the decoders read their row groups
     themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step), as Ray tasks
     (``decode_units``: at most ``max(concurrency)`` at once, in Ray's reusable worker processes,
@@ -389,7 +390,7 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     # 128 MiB default would let two blocks fill a small object store
     context.target_max_block_size = min(context.target_max_block_size or TARGET_BLOCK_BYTES, TARGET_BLOCK_BYTES)
     if runtime_env is None:
-        runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
+        runtime_env = task_runtime_env(fs.is_s3(paths[0]))
     largest = concurrency[1] if isinstance(concurrency, tuple) else concurrency
     remote = {"num_cpus": decode_cpus(num_cpus, concurrency), "runtime_env": runtime_env,
               **({"resources": dict(resources)} if resources else {})}

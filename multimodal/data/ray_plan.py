@@ -10,6 +10,19 @@ from collections.abc import Sequence
 from multimodal import fs
 
 
+def task_runtime_env(s3: bool) -> dict | None:
+    """The S3 endpoint and region for the read and decode tasks, or None when the job's runtime
+    env already carries them: the tasks then run in the job's own (prestarted, reusable) worker
+    processes, where another runtime env would start fresh ones, seconds each."""
+    import ray
+
+    wanted = fs.aws_public_env_vars() if s3 else {}
+    job_env = ((ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}) if ray.is_initialized() else {}
+    if all(job_env.get(k) == v for k, v in wanted.items()):
+        return None
+    return {"env_vars": wanted}
+
+
 def decode_cpus(num_cpus: float, concurrency: int | tuple[int, int]) -> float:
     """``num_cpus`` per decode actor, lowered when the pool's minimum would take every CPU of the
     cluster (that leaves the file-listing and read tasks unschedulable and hangs the pipeline;
@@ -47,17 +60,18 @@ def unit_items(units: list[dict], max_blocks: int):
     return ray.data.from_items(units, override_num_blocks=min(len(units), max_blocks))
 
 
-def with_bin_bytes(runtime_env: dict, read_bin_bytes: int) -> dict:
+def with_bin_bytes(runtime_env: dict | None, read_bin_bytes: int) -> dict:
     # Ray packs up to 128 MiB of Parquet into one read task, so a small dataset became one block
     # that only one decode actor could work on; smaller bins spread the decode over all actors
     # (measured in jobs/bench_data.py: 236-400 -> 868 images/s with 2 actors).
     bin_bytes = str(int(read_bin_bytes))
     os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", bin_bytes)
+    runtime_env = runtime_env or {}
     return {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
                                         "RAY_DATA_PARQUET_BIN_PACKING_BYTES": bin_bytes}}
 
 
-def read_tasks(kind: str, paths: list[str], columns: Sequence[str], runtime_env: dict,
+def read_tasks(kind: str, paths: list[str], columns: Sequence[str], runtime_env: dict | None,
                override_num_blocks: int | None, read_num_cpus: float, read_bin_bytes: int):
     """``read_parquet`` / ``read_webdataset`` tasks over ``paths`` (encoded rows, not decoded)."""
     import ray
@@ -72,4 +86,4 @@ def read_tasks(kind: str, paths: list[str], columns: Sequence[str], runtime_env:
     return ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None, **remote)
 
 
-__all__ = ["compute", "decode_cpus", "unit_items", "with_bin_bytes", "read_tasks"]
+__all__ = ["task_runtime_env", "compute", "decode_cpus", "unit_items", "with_bin_bytes", "read_tasks"]
