@@ -49,6 +49,7 @@ from multimodal import fs  # noqa: E402
 from multimodal.config import MediaSpec, preset  # noqa: E402
 from multimodal.data.benchmark import corpus, readers  # noqa: E402
 
+# file length: ~270 of these lines are the S3 and /proc infra functions below, which become shared imports (issue 14)
 MODALITY_CHOICES = ("image", "audio", "video")
 # default samples per modality: sized so the Ray measured window is tens of seconds on 2 cores
 DEFAULT_SAMPLES = {"image": 40000, "audio": 2000, "video": 4800}
