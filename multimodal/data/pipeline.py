@@ -42,6 +42,7 @@ import hashlib
 import os
 import posixpath
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -261,12 +262,14 @@ _DECODER_CACHE: dict[str, ParquetUnitDecoder] = {}  # per worker process: decode
 
 
 def decode_units(units: dict, spec: dict, tokenizer: str, shard_names: Sequence[str],
-                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_UNIT_BATCH_ROWS) -> Iterator:
+                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_UNIT_BATCH_ROWS,
+                 dataset_id: str = "") -> Iterator:
     """A Ray Data task function: ``ParquetUnitDecoder`` over a batch of read units. The decoder
     is kept in the worker process (Ray reuses its workers across tasks and epochs), so a later
-    task or epoch starts without building it (tokenizer, spec) again; failure counts carry on."""
-    key = hashlib.blake2b(repr((spec, tokenizer, tuple(shard_names), max_consecutive_failures, batch_size)).encode(),
-                          digest_size=16).hexdigest()
+    task or epoch of the same dataset (``dataset_id``: one per ``build_dataset``) starts without
+    building it again and its failure counts carry on, as in one decode actor."""
+    key = hashlib.blake2b(repr((spec, tokenizer, tuple(shard_names), max_consecutive_failures, batch_size,
+                                dataset_id)).encode(), digest_size=16).hexdigest()
     decoder = _DECODER_CACHE.get(key)
     if decoder is None:
         _DECODER_CACHE.clear()  # one dataset's decoder per process at a time
@@ -408,7 +411,8 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         _, units = read_units(uri, shards)
         # decode tasks in Ray's reusable worker processes (decode_units keeps its decoder there):
         # up to `largest` at once as CPUs free up; an actor pool would start again every epoch
-        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(decode_units, fn_args=(*args, unit_batch_rows), batch_size=1,
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(decode_units, fn_args=(*args, unit_batch_rows,
+                                                                                 uuid.uuid4().hex), batch_size=1,
                                          batch_format="numpy", compute=compute(largest, actors=False), **remote)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
