@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -129,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
             bucket = f"wait-{os.getpid()}"
             create_bucket(bucket)
             uris = prepare(Path(tmp), bucket, args, say)
+            ray_dir = tempfile.mkdtemp(prefix="rbw", dir="/tmp")  # short: AF_UNIX path limit
             ray.init(num_cpus=args.num_cpus, include_dashboard=False, log_to_driver=False,
-                     object_store_memory=500 * 1024**2, _temp_dir=tempfile.mkdtemp(prefix="rbw", dir="/tmp"))
+                     object_store_memory=500 * 1024**2, _temp_dir=ray_dir)
             try:
                 for repeat in range(args.repeats):
                     for kind in (KINDS if repeat % 2 == 0 else KINDS[::-1]):
@@ -142,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                             f"{runs[-1]['epoch_start_wait_seconds']}, CPU s {runs[-1]['cpu_seconds']}")
             finally:
                 ray.shutdown()
+                shutil.rmtree(ray_dir, ignore_errors=True)
     finally:
         if moto is not None:
             moto.terminate()
