@@ -1,15 +1,17 @@
 """Does the trainer wait for data? ``data_wait_fraction`` of the same run on raw vs pre-decoded shards.
 
-    python jobs/bench_data_wait.py [--per-modality 120] [--steps 60] [--repeats 1] [--json]
+    python jobs/bench_data_wait.py [--per-modality 52] [--steps 200] [--repeats 1] [--json]
 
-One generated corpus (the demo corpus's media at larger sizes: ``--image-px`` JPEG/PNG images,
-WAV/FLAC clips, ``--video-px`` MP4 videos, plus text-only rows) is packed on S3 twice: raw
+One generated corpus (``--corpus mixed``, default: ``data/mixed_corpus.py``, images, clips and
+videos in several formats and sizes up to 1280x720 with a few corrupt files; ``--corpus demo``:
+the demo corpus's media at ``--image-px``/``--video-px``) is packed on S3 twice: raw
 (``slm-make-shards``) and pre-decoded for the ``tiny`` preset (``--decode tiny``, same tokenizer).
 Each side then trains the ``tiny`` preset through ``multimodal.launch.run`` (the job's own code:
 Ray Data -> Ray Train) with 2 workers x 0.5 CPU on a 4-logical-CPU local Ray cluster, as the README's
 ``slm-cluster up --num-cpus 4`` does, and the job's defaults for the decode actors. Reported per run:
 ``data_wait_fraction`` from the RESULT (time the loop waited for a batch / training time, mean over
-workers), tokens/s, and the host load average. Runs alternate raw / pre-decoded.
+workers), each epoch's first-batch wait, tokens/s, CPU seconds by process role over the run,
+and the host load average. Runs alternate raw / pre-decoded.
 
 Without ``AWS_ENDPOINT_URL`` a moto S3 server is started on loopback (as ``jobs/bench_data.py``).
 """
