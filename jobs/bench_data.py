@@ -1,45 +1,37 @@
-"""Data pipeline benchmark: samples/s per modality, Ray Data pipeline vs a single-process loop.
+"""Data pipeline benchmark: samples/s per modality, Ray Data pipeline vs plain-Python readers.
 
-Both sides read the *same* Parquet shards from S3 and run the *same* code
-(``multimodal.data.pipeline.ParquetUnitDecoder``: pyarrow reads, Pillow / soundfile+torchaudio /
-PyAV + tokenizer, then ``loader.training_collate`` + ``loader.model_batch``; torch intra-op
-threads = 1 on both sides, so the comparison is per core), and both end with model-ready batches
-(dense float32, normalised pixels):
+Every reader takes the *same* Parquet shards from the same S3 server through the *same* code
+(``ParquetUnitDecoder``: pyarrow reads, Pillow / soundfile+torchaudio / PyAV + tokenizer, then
+``loader.training_collate`` + ``loader.model_batch``; torch intra-op threads = 1 everywhere) to
+model-ready batches (dense float32, normalised pixels); ``multimodal/data/benchmark/readers.py``:
 
-- baseline: one Python process runs that code row group after row group, with no Ray and no
-  object store in between; timed end to end (S3 reads included);
-- Ray: ``build_dataset(...)`` with ``--concurrency`` decode actors, consumed on the driver with
-  ``loader.iter_training_batches`` (wire rows densified and normalised, as a trainer gets them).
-  The clock starts after a warm-up (the first ``--warmup`` fraction of the rows), so Ray
-  start-up, actor start-up and imports are **excluded**; the end-to-end rate is printed too.
+- baseline: one process, row group after row group, no Ray, no transport;
+- DataLoader: a plain ``torch.utils.data.DataLoader`` with ``--loader-workers`` processes (an
+  ``IterableDataset`` splitting the read units over them), start-up included;
+- Ray: ``build_dataset(...)`` with ``--concurrency`` decoders, consumed on the driver with
+  ``loader.iter_training_batches``; steady state (after the first ``--warmup`` of the rows) and
+  end to end (build_dataset to last batch: actor start-up included) are both reported;
+- ``--predecoded``: one process reading the same corpus packed by ``slm-make-shards --decode``.
 
-CPU: the CPU seconds every process of this Ray session, the driver and the S3 server used during
-the measured window, by role (decode actors, read tasks, driver, raylet, s3 server ...), plus the
-whole host's busy and idle seconds from /proc/stat: where the two cores went.
-
-Memory: every 2 s while the Ray side streams, the RSS of this driver plus every process of
-*this* Ray session (the raylet of this session's session dir and all its descendants: workers,
-decode actors, read tasks) is summed, and the plasma (object store) bytes in use are read from the
-raylet. The decoded stream (wire rows: ~14 kB per image, ~100 kB per video, ~33 kB per audio clip
-under ``slm-63m``) is larger than the object store, so a flat curve means Ray Data's
-backpressure works.
+The readers run one after another per modality (baseline, DataLoader, Ray), so each row of the
+table shares its moment's machine load. CPU: the CPU seconds every process of this Ray session,
+the driver and the S3 server used during Ray's measured window, by role, plus the host's busy
+and idle seconds. Memory: every 2 s the RSS/PSS of this driver plus this Ray session's processes
+and the object store bytes in use; a flat curve means Ray Data's backpressure works.
 
     python jobs/bench_data.py                       # starts moto S3 + a 2-CPU local Ray itself
-    python jobs/bench_data.py --modalities image,video --samples 20000
+    python jobs/bench_data.py --modalities image,video --samples 6000 --loader-workers 2,3
     ray job submit --working-dir . -- python jobs/bench_data.py --samples 3000
 
 Without ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3`` it starts ``python -m moto.server`` on a free
-loopback port (test credentials) and stops it at the end. Generated corpora (encoded media packed
-into local Parquet shards by ``make_shards``) are cached in ``--cache-dir``; each run uploads them to
-a fresh bucket. Under ``ray job submit`` (``RAY_ADDRESS`` set) it joins that cluster instead of
-starting one; ``--num-cpus``/``--object-store-mb`` then do not apply. Output: a table on stdout,
-progress on stderr, and a final ``RESULT {json}`` line.
+loopback port (test credentials) and stops it at the end. Generated corpora are cached in
+``--cache-dir``; each run uploads them to a fresh bucket. Under ``ray job submit`` it joins that
+cluster. Output: a table on stdout, progress on stderr, and a final ``RESULT {json}`` line.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -59,11 +51,12 @@ from cluster.procs import mem_mb as _mem_mb, process_role as _process_role, sess
 from cluster.s3_server import ensure_s3  # noqa: E402
 from multimodal import fs  # noqa: E402
 from multimodal.config import MediaSpec, preset  # noqa: E402
+from multimodal.data.benchmark import corpus, readers  # noqa: E402
 
+# file length: ~270 of these lines are the S3 and /proc infra functions below, which become shared imports (issue 14)
 MODALITY_CHOICES = ("image", "audio", "video")
 # default samples per modality: sized so the Ray measured window is tens of seconds on 2 cores
 DEFAULT_SAMPLES = {"image": 40000, "audio": 2000, "video": 4800}
-DISTINCT_FILES = 64  # distinct encoded files per modality; rows cycle through them
 FLAT_SLACK_MB = 150.0
 
 
@@ -72,70 +65,59 @@ def log(message: str) -> None:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(
-        description="Samples/s per modality from S3 shards through decode + preprocess: Ray Data "
-                    "pipeline (steady state, start-up excluded) vs a plain single-process loop over "
-                    "the same shards and the same SampleProcessor code.")
-    parser.add_argument("--samples", type=int, default=None,
-                        help="rows per modality (default: image %(image)d, audio %(audio)d, video %(video)d)"
-                        % DEFAULT_SAMPLES)
-    parser.add_argument("--modalities", default="image,audio,video",
-                        help="comma list of image,audio,video (default all three)")
-    parser.add_argument("--num-cpus", type=int, default=2,
-                        help="logical CPUs of the local Ray cluster this script starts (default 2 = cores here)")
-    parser.add_argument("--concurrency", type=int, default=3,
-                        help="Ray decode actors (default 3: one more than the cores here, because a PyAV "
-                             "decoding process leaves ~20-25%% of its core idle; measured in the README)")
-    parser.add_argument("--actor-cpus", type=float, default=1.0,
-                        help="num_cpus asked per decode actor; build_dataset lowers it so one logical CPU "
-                             "stays free for listing/read tasks (default 1.0)")
-    parser.add_argument("--ray-read", action="store_true",
-                        help="read the Parquet shards with ray.data.read_parquet tasks instead of in the "
-                             "decode actors (build_dataset(read_in_decoder=False))")
-    parser.add_argument("--decode-batch", type=int, default=None,
-                        help="rows the decode actors (and the baseline) read and decode per step "
-                             "(build_dataset(unit_batch_rows=...), default 256)")
-    parser.add_argument("--read-cpus", type=float, default=None,
-                        help="num_cpus per Parquet read task (default: build_dataset's)")
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="rows per training batch on both sides (and per decode batch with --ray-read; default 32)")
-    parser.add_argument("--object-store-mb", type=int, default=256,
-                        help="object store of the local Ray cluster this script starts (default 256)")
-    parser.add_argument("--warmup", type=float, default=0.1,
-                        help="fraction of rows consumed before the Ray clock starts (default 0.1)")
-    parser.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "slm-bench-data-cache"),
-                        help="where generated media + local shards are cached between runs "
-                             "(default %(default)s)")
-    parser.add_argument("--preset", default="slm-63m", help="MediaSpec of this model preset (default slm-63m)")
-    parser.add_argument("--image-px", type=int, default=256, help="source JPEG side (default 256)")
-    parser.add_argument("--video-px", type=int, default=128, help="source video side (default 128)")
-    parser.add_argument("--video-frames", type=int, default=24, help="frames per source MP4 (default 24)")
-    parser.add_argument("--audio-seconds", type=float, default=4.0, help="source clip length (default 4.0)")
-    parser.add_argument("--shard-mb", type=float, default=16.0,
-                        help="target shard size in MB (default 16; small because moto copies the "
-                             "whole object for every ranged GET, so its CPU cost on the shared cores "
-                             "grows with the shard size; real S3 serves ranges off-box)")
-    parser.add_argument("--bucket", default=None, help="S3 bucket to use (default: a new one)")
-    parser.add_argument("--skip-baseline", action="store_true", help="only run the Ray pipeline")
-    parser.add_argument("--read-blocks", type=int, default=None,
-                        help="override_num_blocks for the Parquet read (default: one per shard; 0 = Ray's "
-                             "default, which on 2.60 reads every shard in ONE task into ONE block, so only one "
-                             "decode actor gets work)")
-    parser.add_argument("--read-bin-mb", type=int, default=8,
-                        help="RAY_DATA_PARQUET_BIN_PACKING_BYTES in MiB: bytes of Parquet per read task "
-                             "(Ray 2.60 default 128 MiB packs a whole small dataset into ONE read task and ONE "
-                             "block, so one decode actor does all the work); 0 = Ray's default (default 8)")
-    parser.add_argument("--block-mb", type=int, default=16,
-                        help="DataContext.target_max_block_size in MiB (Ray default 128: ~270 decoded rows "
-                             "per block, half a small object store); 0 = Ray's default (default 16)")
-    parser.add_argument("--stats", action="store_true", help="print Ray Data's per-operator stats to stderr")
-    parser.add_argument("--skip-ray", action="store_true", help="only run the single-process baseline")
-    parser.add_argument("--predecoded", action="store_true",
-                        help="also pack the corpus as pre-decoded shards (slm-make-shards --decode PRESET, "
-                             "cached) and time one process reading them into model-ready batches")
-    parser.add_argument("--pack-workers", type=int, default=1,
-                        help="decode processes for the pre-decoded pack (default 1)")
-    return parser.parse_args(argv)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add = parser.add_argument
+    add("--samples", type=int, default=None, help="rows per modality (default: image %(image)d, audio "
+        "%(audio)d, video %(video)d)" % DEFAULT_SAMPLES)
+    add("--modalities", default="image,audio,video", help="comma list of image,audio,video (default all three)")
+    add("--num-cpus", type=int, default=2, help="logical CPUs of the local Ray cluster started here (default 2)")
+    add("--concurrency", default="3", help="Ray decoders at most at once: N, or MIN,MAX (an autoscaling pool with "
+        "--decode-actors; default 3: one more than the cores, as a PyAV decoder leaves ~20-25%% of its core idle)")
+    add("--decode-actors", action="store_true", help="decode in an actor pool (build_dataset(decode_actors=True)) "
+        "instead of tasks in Ray's reusable workers")
+    add("--actor-cpus", type=float, default=1.0, help="num_cpus per decode actor (build_dataset lowers it so one "
+        "logical CPU stays free; default 1.0)")
+    add("--loader-workers", default="2,3", help="DataLoader worker counts to time, comma list; '' = none (default 2,3)")
+    add("--ray-read", action="store_true", help="read with ray.data.read_parquet tasks instead of in the decode "
+        "actors (build_dataset(read_in_decoder=False))")
+    add("--decode-batch", type=int, default=None, help="rows decoded per step (unit_batch_rows, default 256)")
+    add("--read-cpus", type=float, default=None, help="num_cpus per Parquet read task (with --ray-read)")
+    add("--batch-size", type=int, default=32, help="rows per training batch on every side (default 32)")
+    add("--object-store-mb", type=int, default=256, help="object store of the local Ray cluster (default 256)")
+    add("--warmup", type=float, default=0.1, help="fraction of rows before Ray's steady clock starts (default 0.1)")
+    add("--cache-dir", default=os.path.join(tempfile.gettempdir(), "slm-bench-data-cache"),
+        help="generated media + local shards, cached between runs (default %(default)s)")
+    add("--preset", default="slm-63m", help="MediaSpec of this model preset (default slm-63m)")
+    add("--image-px", type=int, default=256, help="source JPEG side (default 256)")
+    add("--video-px", type=int, default=128, help="source video side (default 128)")
+    add("--video-frames", type=int, default=24, help="frames per source MP4 (default 24)")
+    add("--audio-seconds", type=float, default=4.0, help="source clip length (default 4.0)")
+    add("--shard-mb", type=float, default=16.0, help="target shard MB (default 16: moto copies the whole object "
+        "for every ranged GET, so its CPU cost grows with the shard size; real S3 serves ranges off-box)")
+    add("--bucket", default=None, help="S3 bucket to use (default: a new one)")
+    add("--skip-baseline", action="store_true", help="skip the single-process baseline")
+    add("--read-blocks", type=int, default=None, help="override_num_blocks for --ray-read (default: one per "
+        "shard; 0 = Ray's default, which reads a small dataset in ONE task)")
+    add("--read-bin-mb", type=int, default=8, help="RAY_DATA_PARQUET_BIN_PACKING_BYTES in MiB for --ray-read "
+        "(Ray's 128 MiB packs a small dataset into one block); 0 = Ray's default (default 8)")
+    add("--block-mb", type=int, default=16, help="DataContext.target_max_block_size in MiB; 0 = Ray's (default 16)")
+    add("--stats", action="store_true", help="print Ray Data's per-operator stats to stderr")
+    add("--skip-ray", action="store_true", help="only the Ray-free readers")
+    add("--warm-ray-data", action="store_true", help="run one tiny dataset before timing, so Ray Data's "
+        "per-cluster actors are up, as on a cluster that has run a job before (Ray e2e then excludes them)")
+    add("--predecoded", action="store_true", help="also time one process reading the corpus packed with "
+        "slm-make-shards --decode PRESET (cached)")
+    add("--pack-workers", type=int, default=1, help="decode processes for the pre-decoded pack (default 1)")
+    args = parser.parse_args(argv)
+    try:
+        args.concurrency = tuple(int(x) for x in str(args.concurrency).split(","))
+        args.loader_workers = [int(x) for x in str(args.loader_workers).split(",") if x.strip()]
+    except ValueError:
+        parser.error("--concurrency and --loader-workers take integers (N or MIN,MAX; a comma list)")
+    if len(args.concurrency) not in (1, 2) or min(args.concurrency + tuple(args.loader_workers) or (1,)) < 1:
+        parser.error("--concurrency is N or MIN,MAX >= 1; --loader-workers counts are >= 1")
+    args.concurrency = args.concurrency[0] if len(args.concurrency) == 1 else args.concurrency
+    return args
 
 
 # --------------------------------------------------------------------------------- S3 and data
@@ -146,117 +128,6 @@ def create_bucket(name: str) -> None:
     s3_server.create_bucket(name, client=boto3.client("s3", endpoint_url=fs.s3_endpoint(),
                                                       region_name=fs.s3_region()))
 
-
-def _textured(size: int, rng) -> "np.ndarray":  # noqa: F821
-    """Photo-like texture (smooth gradients + grain) so JPEG/MPEG-4 sizes and decode costs are realistic."""
-    import numpy as np
-
-    yy, xx = np.mgrid[0:size, 0:size] / size
-    base = np.stack([np.sin(6.28 * (xx * rng.uniform(1, 4) + rng.uniform())),
-                     np.cos(6.28 * (yy * rng.uniform(1, 4) + rng.uniform())),
-                     np.sin(6.28 * ((xx + yy) * rng.uniform(1, 3)))], axis=-1)
-    img = 127 + 70 * base + rng.normal(0, 18, (size, size, 3))
-    return np.clip(img, 0, 255).astype(np.uint8)
-
-
-def write_media(modality: str, index: int, root: Path, args) -> tuple[str, str]:
-    """One encoded file (JPEG / 44.1 kHz stereo FLAC / MPEG-4 MP4) and its caption."""
-    import numpy as np
-
-    from multimodal.data import synthetic
-
-    rng = np.random.default_rng(index)
-    colour = list(synthetic.COLOURS)[index % len(synthetic.COLOURS)]
-    if modality == "image":
-        from PIL import Image, ImageDraw
-
-        shape = synthetic.SHAPES[index % 3]
-        image = Image.fromarray(_textured(args.image_px, rng))
-        r, c = args.image_px * 0.25, args.image_px / 2
-        box = (c - r, c - r, c + r, c + r)
-        draw = ImageDraw.Draw(image)
-        (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=synthetic.COLOURS[colour])
-        path = root / f"img{index}.jpg"
-        image.save(path, format="JPEG", quality=90)
-        return path.name, synthetic.image_caption(colour, shape)
-    if modality == "audio":
-        import soundfile as sf
-
-        notes = [list(synthetic.NOTES)[(index + k) % 7] for k in range(4)]
-        clip = synthetic.tone_clip(notes, 44100, args.audio_seconds, channels=2)
-        clip = clip + rng.normal(0, 0.02, clip.shape).astype(np.float32)
-        path = root / f"aud{index}.flac"
-        sf.write(path, clip, 44100, format="FLAC")
-        return path.name, synthetic.audio_caption(notes)
-    import av
-    from fractions import Fraction
-
-    direction = synthetic.DIRECTIONS[index % 4]
-    frames = synthetic.moving_square_frames(colour, direction, args.video_frames, args.video_px)
-    background = _textured(args.video_px, rng).astype(np.int16)
-    path = root / f"vid{index}.mp4"
-    with av.open(str(path), "w", format="mp4") as container:
-        stream = container.add_stream("mpeg4", rate=Fraction(12, 1))
-        stream.width = stream.height = args.video_px
-        stream.pix_fmt = "yuv420p"
-        stream.bit_rate = 600_000
-        for t, frame in enumerate(frames):
-            grain = rng.normal(0, 10, frame.shape)
-            moving = np.where(frame == 235, np.roll(background, t, axis=1), frame) + grain
-            array = np.clip(moving, 0, 255).astype(np.uint8)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path.name, synthetic.video_caption(colour, direction)
-
-
-def local_shards(modality: str, samples: int, args) -> tuple[Path, list[str]]:
-    """Cached local Parquet shards (``make_shards``) of ``samples`` rows; returns (dir, captions)."""
-    from multimodal.data.make_shards import make_shards
-
-    params = {"m": modality, "n": samples, "img": args.image_px, "vpx": args.video_px,
-              "vf": args.video_frames, "as": args.audio_seconds, "distinct": DISTINCT_FILES, "v": 3,
-              "shard_mb": args.shard_mb}
-    key = hashlib.sha1(json.dumps(params, sort_keys=True).encode()).hexdigest()[:10]
-    root = Path(args.cache_dir).expanduser() / f"{modality}-{samples}-{key}"
-    shards_dir, media_dir = root / "shards", root / "media"
-    manifest = media_dir / "manifest.jsonl"
-    if (shards_dir / "_dataset.json").exists():
-        captions = [json.loads(line)["text"] for line in open(manifest)]
-        return shards_dir, captions
-    shutil.rmtree(root, ignore_errors=True)
-    media_dir.mkdir(parents=True)
-    t0 = time.perf_counter()
-    files = [write_media(modality, i, media_dir, args) for i in range(min(samples, DISTINCT_FILES))]
-    with open(manifest, "w") as handle:
-        for i in range(samples):
-            name, caption = files[i % len(files)]
-            handle.write(json.dumps({"text": caption, modality: name}) + "\n")
-    mean_bytes = sum((media_dir / n).stat().st_size for n, _ in files) / len(files)
-    target = int(args.shard_mb * 1e6)
-    make_shards(str(manifest), str(shards_dir), target_shard_bytes=target,
-                row_group_bytes=min(target, 8_000_000), progress=None)
-    log(f"generated {modality} corpus in {root} ({time.perf_counter() - t0:.1f}s, "
-        f"{mean_bytes / 1e3:.1f} kB per encoded file)")
-    captions = [json.loads(line)["text"] for line in open(manifest)]
-    return shards_dir, captions
-
-
-def upload(shards_dir: Path, uri: str) -> tuple[int, int]:
-    """Copy the cached shards + ``_dataset.json`` to ``uri``; returns (files, bytes)."""
-    import pyarrow.fs as pafs
-
-    filesystem, root = fs.filesystem_for(uri)
-    names = sorted(p.name for p in shards_dir.iterdir() if p.is_file())
-    total = 0
-    for name in names:  # shards first, the summary last (readers only trust listed shards)
-        data = (shards_dir / name).read_bytes()
-        total += len(data)
-        with filesystem.open_output_stream(f"{root}/{name}") as out:
-            out.write(data)
-    assert isinstance(filesystem, pafs.FileSystem)
-    return len(names), total
 
 
 # ------------------------------------------------------------------------------------ measuring
@@ -388,122 +259,30 @@ class MemorySampler(threading.Thread):
                 "flat": bool(max(pss) - pss[0] < FLAT_SLACK_MB)}
 
 
-def consume_units(units: list[dict], spec: MediaSpec, batch_size: int, read_unit) -> int:
-    """One process turning read units into model-ready batches: ``read_unit(path, row_group)``
-    yields wire tables (what the pipeline's actors produce), then each ``batch_size`` slice goes
-    through ``training_collate`` + ``model_batch`` (what the consumer does). Returns valid rows."""
-    from multimodal.data.loader import model_batch, training_collate
-
-    collate = training_collate(spec)
-    rows = 0
-    for unit in units:
-        for table in read_unit(unit["path"], unit["row_group"]):
-            for offset in range(0, table.num_rows, batch_size):
-                _, stats = model_batch(collate(table.slice(offset, batch_size)), spec)
-                rows += stats.valid
-    return rows
-
-
-def baseline(uri: str, spec: MediaSpec, tok_json: str, batch_size: int, decode_rows: int | None = None
-             ) -> tuple[int, float]:
-    """One process running the Ray side's code without Ray: ``ParquetUnitDecoder`` reads and
-    decodes each row group from S3 into wire tables (what the decode actors do), then the same
-    consumer steps: model-ready batches, the same work, no transport."""
-    from multimodal.data.pipeline import DEFAULT_UNIT_BATCH_ROWS, ParquetUnitDecoder, read_units
-
-    start = time.perf_counter()
-    names, units = read_units(uri)
-    decoder = ParquetUnitDecoder(spec, tok_json, names, batch_size=decode_rows or DEFAULT_UNIT_BATCH_ROWS)
-    rows = consume_units(units, spec, batch_size, decoder.decode_unit)
-    return rows, time.perf_counter() - start
-
-
-def local_predecoded(modality: str, samples: int, args, tok_json: str) -> tuple[Path, float]:
-    """Cached local pre-decoded shards (``slm-make-shards --decode``) of the same manifest as
-    ``local_shards``; returns (dir, seconds the pack took when it was made)."""
-    from multimodal.data.pack_decoded import pack_decoded
-
-    raw_dir, _ = local_shards(modality, samples, args)
-    key = hashlib.sha1(f"{args.preset}\n{tok_json}".encode()).hexdigest()[:10]
-    out, record = raw_dir.parent / f"predecoded-{key}", raw_dir.parent / f"predecoded-{key}.json"
-    if (out / "_dataset.json").exists() and record.exists():
-        return out, json.loads(record.read_text())["pack_s"]
-    shutil.rmtree(out, ignore_errors=True)
-    target = int(args.shard_mb * 1e6)
-    t0 = time.perf_counter()
-    pack_decoded(str(raw_dir.parent / "media" / "manifest.jsonl"), str(out), args.preset, tokenizer=tok_json,
-                 workers=args.pack_workers, target_shard_bytes=target, row_group_bytes=min(target, 8_000_000),
-                 progress=None)
-    seconds = time.perf_counter() - t0
-    record.write_text(json.dumps({"pack_s": seconds}))
-    log(f"packed {modality} pre-decoded ({args.preset} spec) in {seconds:.1f}s with {args.pack_workers} worker(s)")
-    return out, seconds
-
-
-def predecoded_read(uri: str, spec: MediaSpec, batch_size: int) -> tuple[int, float]:
-    """One process reading pre-decoded shards into model-ready batches: ``PredecodedUnitReader``
-    (what the pipeline's actors run for such shards), then the same consumer steps as ``baseline``."""
-    from multimodal.data.pipeline import read_units
-    from multimodal.data.predecoded import PredecodedUnitReader
-
-    start = time.perf_counter()
-    names, units = read_units(uri)
-    reader = PredecodedUnitReader(spec, names)
-    rows = consume_units(units, spec, batch_size, reader.read_unit)
-    return rows, time.perf_counter() - start
-
-
-def shard_count(uri: str) -> int:
-    from multimodal.data.pipeline import resolve_shards
-
-    return len(resolve_shards(uri)[2])
-
-
 def ray_pipeline(uri: str, spec: MediaSpec, tok_json: str, samples: int, raylet_pid, gcs_address,
                  args, extra_pids: tuple[int, ...] = ()) -> dict:
-    from multimodal.data.loader import iter_training_batches
-    from multimodal.data.pipeline import build_dataset
+    """``build_dataset`` consumed into model-ready batches, with memory and CPU sampled."""
+    from multimodal.data.pipeline import build_dataset, resolve_shards
 
     sampler = MemorySampler(raylet_pid, gcs_address, extra_pids=extra_pids)
     sampler.start()
     start = time.perf_counter()
-    blocks = args.read_blocks if args.read_blocks is not None else shard_count(uri)
+    blocks = args.read_blocks if args.read_blocks is not None else len(resolve_shards(uri)[2])
     env = dict(fs.aws_public_env_vars())
     if args.read_bin_mb:
         env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
+    optional = {k: v for k, v in (("unit_batch_rows", args.decode_batch), ("read_num_cpus", args.read_cpus)) if v}
     dataset = build_dataset(uri, spec, tok_json, concurrency=args.concurrency, num_cpus=args.actor_cpus,
                             batch_size=args.batch_size, override_num_blocks=blocks or None,
-                            **({"unit_batch_rows": args.decode_batch} if args.decode_batch else {}),
-                            runtime_env={"env_vars": env}, read_in_decoder=not args.ray_read,
-                            **({"read_num_cpus": args.read_cpus} if args.read_cpus is not None else {}))
+                            runtime_env={"env_vars": env} if args.ray_read else None, read_in_decoder=not args.ray_read,
+                            decode_actors=args.decode_actors, **optional)
     warm_rows = max(int(samples * args.warmup), args.batch_size)
-    rows = valid = 0
-    decoded_bytes = 0
-    first_at = mark_at = None
-    mark_rows = 0
-    # the consumer makes model-ready batches (dense float32, normalised pixels), as the baseline does
-    # (the baseline runs the same training_collate + model_batch in its own process)
-    for batch, stats in iter_training_batches(dataset.iterator(), args.batch_size, spec, device="cpu",
-                                              prefetch_batches=2):
-        if first_at is None:
-            first_at = time.perf_counter()
-        rows += stats.rows
-        valid += stats.valid
-        decoded_bytes += sum(v.nbytes for v in batch.values())
-        if mark_at is None and rows >= warm_rows:
-            mark_at, mark_rows = time.perf_counter(), rows
-            sampler.mark = mark_at
-    end = time.perf_counter()
+    out = readers.stream_ray(dataset, spec, args.batch_size, warm_rows, lambda t: setattr(sampler, "mark", t))
     sampler.stop()
     if args.stats:
         log("Ray Data stats:\n" + dataset.stats())
-    steady_rows = rows - mark_rows
-    steady_s = end - mark_at if mark_at else 0.0
-    return {"rows": rows, "valid": valid, "total_s": end - start,
-            "first_batch_s": (first_at or end) - start, "warmup_rows": mark_rows,
-            "steady_rows": steady_rows, "steady_s": steady_s,
-            "steady_per_s": steady_rows / steady_s if steady_s > 0 else 0.0,
-            "decoded_mb": decoded_bytes / 1e6, "mem": sampler.summary(), "cpu": sampler.cpu_breakdown()}
+    return {**out, "total_s": out["end"] - start, "first_batch_s": out["first_at"] - start,
+            "mem": sampler.summary(), "cpu": sampler.cpu_breakdown()}
 
 
 def loadavg() -> list[float]:
@@ -511,6 +290,131 @@ def loadavg() -> list[float]:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return []
+
+
+def start_ray(args) -> dict:
+    """Join ``RAY_ADDRESS``'s cluster or start a local one; what the report needs to know of it."""
+    import ray
+    from ray.data import DataContext
+
+    info = {"started": False, "temp_dir": None}
+    env = dict(fs.aws_public_env_vars())
+    if args.read_bin_mb:  # read on the driver (planning) and in the listing/read tasks
+        os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = \
+            str(args.read_bin_mb * 1024**2)
+    if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
+        ray.init(ignore_reinit_error=True, log_to_driver=False)
+    else:
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+        info["temp_dir"] = tempfile.mkdtemp(prefix="rbd", dir="/tmp")  # short: AF_UNIX path limit
+        ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 1024**2, include_dashboard=False,
+                 log_to_driver=False, _temp_dir=info["temp_dir"], runtime_env={"env_vars": env})
+        info["started"] = True
+    ctx = DataContext.get_current()
+    ctx.enable_progress_bars = os.environ.get("BENCH_PROGRESS") == "1"
+    if args.block_mb:
+        ctx.target_max_block_size = args.block_mb * 1024**2
+    if args.warm_ray_data:  # Ray Data's per-cluster actors (stats, autoscaling), as after a first job
+        started = time.perf_counter()
+        ray.data.range(4, override_num_blocks=2).map_batches(lambda b: b).materialize()
+        info["ray_data_warmup_s"] = round(time.perf_counter() - started, 1)
+        log(f"Ray Data's session actors started in {info['ray_data_warmup_s']}s (--warm-ray-data)")
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    info.update(cpus=ray.cluster_resources().get("CPU", 0),
+                store_mb=ray.cluster_resources().get("object_store_memory", 0) / 1024**2,
+                raylet_pid=session_raylet_pid(session_dir), gcs_address=ray.get_runtime_context().gcs_address)
+    log(f"Ray: {info['cpus']:g} logical CPUs, object store {info['store_mb']:.0f} MiB, session {session_dir}, "
+        f"raylet pid {info['raylet_pid']} ({'started here' if info['started'] else 'existing cluster'})")
+    return info
+
+
+def _cpu_of(fn, moto) -> tuple[tuple, dict]:
+    """``fn()``'s result and the CPU seconds this process (and the S3 server) used meanwhile."""
+    before = (_cpu_seconds(os.getpid()), _cpu_seconds(moto.pid) if moto else 0.0)
+    out = fn()
+    cpu = {"driver": round(_cpu_seconds(os.getpid()) - before[0], 2)}
+    if moto is not None:
+        cpu["s3 server"] = round(_cpu_seconds(moto.pid) - before[1], 2)
+    return out, cpu
+
+
+def measure(m: str, uri: str, raw_dir: Path, samples: int, spec: MediaSpec, tok: str, args, ray_info, moto,
+            bucket: str) -> dict:
+    """Every reader over one modality's corpus, one after another."""
+    r: dict = {"samples": samples}
+    if not args.skip_baseline:
+        (rows, secs), r["baseline_cpu_s"] = _cpu_of(lambda: readers.raw_decode(uri, spec, tok, args.batch_size,
+                                                                                args.decode_batch), moto)
+        r.update(baseline_rows=rows, baseline_s=round(secs, 2), baseline_per_s=round(rows / secs, 1))
+        log(f"{m}: baseline {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s, CPU s {r['baseline_cpu_s']}")
+    for workers in args.loader_workers:
+        rows, secs = readers.dataloader_read(uri, spec, tok, args.batch_size, workers, args.decode_batch)
+        r[f"dataloader{workers}_per_s"] = round(rows / secs, 1)
+        log(f"{m}: DataLoader x{workers}: {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s (start-up included)")
+    if args.predecoded:
+        pre_dir, pack_s = corpus.cached_predecoded(raw_dir, args.preset, tok, _params(args), args.pack_workers, log)
+        pre_uri = f"s3://{bucket}/bench/{m}-predecoded"
+        _, nbytes = corpus.upload(pre_dir, pre_uri)
+        (rows, secs), r["predecoded_cpu_s"] = _cpu_of(lambda: readers.predecoded_read(pre_uri, spec, args.batch_size),
+                                                      moto)
+        r.update(predecoded_per_s=round(rows / secs, 1), predecoded_mb=round(nbytes / 1e6, 1),
+                 raw_mb=round(sum(p.stat().st_size for p in raw_dir.iterdir()) / 1e6, 1), predecoded_pack_s=round(pack_s, 1))
+        if r.get("baseline_per_s"):
+            r["predecoded_vs_raw"] = round(r["predecoded_per_s"] / r["baseline_per_s"], 1)
+            per_cpu = rows / max(r["predecoded_cpu_s"]["driver"], 1e-3)  # robust on a shared machine
+            r["predecoded_vs_raw_cpu"] = round(per_cpu / (r["baseline_rows"] / max(r["baseline_cpu_s"]["driver"], 1e-3)), 1)
+        log(f"{m}: pre-decoded read {rows} rows in {secs:.2f}s = {rows / secs:.1f}/s ({r.get('predecoded_vs_raw', '-')}x)")
+    if not args.skip_ray:
+        p = ray_pipeline(uri, spec, tok, samples, ray_info["raylet_pid"], ray_info["gcs_address"], args,
+                         extra_pids=(moto.pid,) if moto is not None else ())
+        r.update(ray_rows=p["rows"], ray_valid=p["valid"], ray_steady_per_s=round(p["steady_per_s"], 1),
+                 ray_steady_rows=p["steady_rows"], ray_steady_s=round(p["steady_s"], 2),
+                 ray_first_batch_s=round(p["first_batch_s"], 1), ray_total_s=round(p["total_s"], 1),
+                 ray_end_to_end_per_s=round(p["rows"] / p["total_s"], 1),
+                 decoded_mb_streamed=round(p["decoded_mb"]), **p["mem"], ray_cpu_s=p["cpu"])
+        log(f"{m}: Ray steady {p['steady_per_s']:.1f}/s, end to end {r['ray_end_to_end_per_s']}/s (first batch "
+            f"after {p['first_batch_s']:.1f}s), CPU s by role {p['cpu']}, memory {p['mem']}")
+        if p["valid"] != samples:
+            log(f"WARNING {m}: {p['valid']} valid rows of {samples}")
+    for key in ("ray_steady_per_s", "ray_end_to_end_per_s", *(f"dataloader{w}_per_s" for w in args.loader_workers)):
+        if r.get("baseline_per_s") and r.get(key):
+            r[key.replace("_per_s", "_x")] = round(r[key] / r["baseline_per_s"], 2)
+    return r
+
+
+def _params(args) -> corpus.MediaParams:
+    return corpus.MediaParams(args.image_px, args.video_px, args.video_frames, args.audio_seconds, args.shard_mb)
+
+
+def report(results: dict, args, ray_info: dict, loads: tuple[list, list]) -> None:
+    """The tables on stdout and the ``RESULT {json}`` line."""
+    print(f"\nData pipeline benchmark: {os.cpu_count()} cores, load average {loads[0]} at start, {loads[1]} at end; "
+          f"Ray {ray_info.get('cpus', 0):g} logical CPUs, {args.concurrency} decode {'actors' if args.decode_actors else 'tasks'}, batch {args.batch_size}, "
+          f"spec {args.preset}. samples/s (x = / baseline); e2e = start-up included; steady = after the first "
+          f"{args.warmup:.0%} of rows")
+    loaders = [f"DL x{w} e2e" for w in args.loader_workers]
+    print(f"{'modality':<8} {'rows':>6} {'baseline':>9} " + " ".join(f"{h:>14}" for h in loaders)
+          + f" {'Ray e2e':>14} {'Ray steady':>14} {'PSS MB start/peak':>18} {'store MB':>8} {'flat':>5}")
+    for m, r in results.items():
+        cell = lambda key: (f"{r[key + '_per_s']} ({r.get(key + '_x', '-')}x)" if key + "_per_s" in r else "-")  # noqa: E731
+        print(f"{m:<8} {r['samples']:>6} {r.get('baseline_per_s', '-'):>9} "
+              + " ".join(f"{cell(f'dataloader{w}'):>14}" for w in args.loader_workers)
+              + f" {cell('ray_end_to_end'):>14} {cell('ray_steady'):>14} "
+              f"{str(r.get('pss_mb_start', '-')) + '/' + str(r.get('pss_mb_peak', '-')):>18} "
+              f"{r.get('store_mb_peak', '-'):>8} {str(r.get('flat', '-')):>5}")
+    if args.predecoded:
+        print(f"\nPre-decoded shards ({args.preset} spec), one process, S3 read -> model-ready batches:")
+        print(f"{'modality':<8} {'raw decode/s':>12} {'pre-decoded/s':>13} {'ratio':>6} {'ratio/CPU-s':>11} "
+              f"{'raw MB':>7} {'pre MB':>7} {'pack s':>7}")
+        for m, r in results.items():
+            print(f"{m:<8} {r.get('baseline_per_s', '-'):>12} {r['predecoded_per_s']:>13} "
+                  f"{str(r.get('predecoded_vs_raw', '-')):>6} {str(r.get('predecoded_vs_raw_cpu', '-')):>11} "
+                  f"{r['raw_mb']:>7} {r['predecoded_mb']:>7} {r['predecoded_pack_s']:>7}")
+    print("RESULT " + json.dumps({"cores": os.cpu_count(), "loadavg_start": loads[0], "loadavg_end": loads[1],
+                                  "ray_cpus": ray_info.get("cpus", 0), "concurrency": args.concurrency,
+                                  "ray_data_warmup_s": ray_info.get("ray_data_warmup_s"),
+                                  "loader_workers": args.loader_workers, "batch_size": args.batch_size,
+                                  "preset": args.preset, "warmup_fraction": args.warmup, "modalities": results}))
 
 
 def main(argv=None) -> int:
@@ -524,160 +428,33 @@ def main(argv=None) -> int:
     counts = {m: args.samples or DEFAULT_SAMPLES[m] for m in modalities}
     import torch
 
-    torch.set_num_threads(1)  # both sides: the baseline loop and the Ray consumer (pixel normalising)
+    torch.set_num_threads(1)  # every reader: the baseline loop, the DataLoader's consumer, the Ray consumer
     load_start = loadavg()
     moto = ensure_s3()
-    started_ray = False
-    temp_dir = None
+    ray_info: dict = {}
     try:
-        import ray
-
         from multimodal.data.tokenizer import train_tokenizer
 
-        shards = {m: local_shards(m, counts[m], args) for m in modalities}
+        shards = {m: corpus.cached_shards(m, counts[m], _params(args), args.cache_dir, log) for m in modalities}
         bucket = args.bucket or f"bench-{int(time.time())}-{os.getpid()}"
         create_bucket(bucket)
-        uris = {}
+        uris = {m: f"s3://{bucket}/bench/{m}" for m in modalities}
         for m in modalities:
-            uris[m] = f"s3://{bucket}/bench/{m}"
-            files, nbytes = upload(shards[m][0], uris[m])
+            files, nbytes = corpus.upload(shards[m][0], uris[m])
             log(f"{m}: {counts[m]} rows, {files - 1} shards, {nbytes / 1e6:.1f} MB uploaded to {uris[m]}")
-
-        cpus = store_mb = 0
-        job_env = dict(fs.aws_public_env_vars())
-        if args.read_bin_mb:  # read on the driver (planning) and in the listing/read tasks
-            os.environ["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
-            job_env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
-        raylet_pid = gcs_address = None
         if not args.skip_ray:
-            if os.environ.get("RAY_ADDRESS") or ray.is_initialized():
-                ray.init(ignore_reinit_error=True, log_to_driver=False)
-            else:
-                os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-                if args.read_bin_mb:
-                    job_env["RAY_DATA_PARQUET_BIN_PACKING_BYTES"] = str(args.read_bin_mb * 1024**2)
-                temp_dir = tempfile.mkdtemp(prefix="rbd", dir="/tmp")  # short: AF_UNIX path limit
-                ray.init(num_cpus=args.num_cpus, object_store_memory=args.object_store_mb * 1024**2,
-                         include_dashboard=False, log_to_driver=False, _temp_dir=temp_dir,
-                         runtime_env={"env_vars": job_env})
-                started_ray = True
-            from ray.data import DataContext
-
-            ctx = DataContext.get_current()
-            ctx.enable_progress_bars = os.environ.get("BENCH_PROGRESS") == "1"
-            if args.block_mb:
-                ctx.target_max_block_size = args.block_mb * 1024**2
-            cpus = ray.cluster_resources().get("CPU", 0)
-            store_mb = ray.cluster_resources().get("object_store_memory", 0) / 1024**2
-            session_dir = ray._private.worker._global_node.get_session_dir_path()
-            raylet_pid = session_raylet_pid(session_dir)
-            gcs_address = ray.get_runtime_context().gcs_address
-            log(f"Ray: {cpus:g} logical CPUs, object store {store_mb:.0f} MiB, session {session_dir}, "
-                f"raylet pid {raylet_pid} ({'started here' if started_ray else 'existing cluster'})")
-        log(f"host cores {os.cpu_count()}; spec {args.preset}: image {spec.image_size}px, audio "
-            f"{spec.audio_seconds}s@{spec.audio_sample_rate}Hz {spec.audio_n_mels} mels, video "
-            f"{spec.video_frames}x{spec.video_size}px")
-
-        results = {}
-        for m in modalities:
-            captions = shards[m][1]
-            tok = train_tokenizer(iter(captions), 512).to_str()
-            r = {"samples": counts[m]}
-            if not args.skip_baseline:
-                log(f"{m}: baseline (single process) ...")
-                cpu0 = {"driver": _cpu_seconds(os.getpid()), "s3 server": _cpu_seconds(moto.pid) if moto else 0.0}
-                rows, secs = baseline(uris[m], spec, tok, args.batch_size, args.decode_batch)
-                r["baseline_cpu_s"] = {"driver": round(_cpu_seconds(os.getpid()) - cpu0["driver"], 1)}
-                if moto is not None:
-                    r["baseline_cpu_s"]["s3 server"] = round(_cpu_seconds(moto.pid) - cpu0["s3 server"], 1)
-                r.update(baseline_rows=rows, baseline_s=round(secs, 2), baseline_per_s=round(rows / secs, 1))
-                log(f"{m}: baseline {rows} rows in {secs:.1f}s = {rows / secs:.1f}/s, CPU s {r['baseline_cpu_s']}")
-            if args.predecoded:
-                pre_dir, pack_s = local_predecoded(m, counts[m], args, tok)
-                pre_uri = f"s3://{bucket}/bench/{m}-predecoded"
-                files, nbytes = upload(pre_dir, pre_uri)
-                cpu0 = {"driver": _cpu_seconds(os.getpid()), "s3 server": _cpu_seconds(moto.pid) if moto else 0.0}
-                rows, secs = predecoded_read(pre_uri, spec, args.batch_size)
-                r["predecoded_cpu_s"] = {"driver": round(_cpu_seconds(os.getpid()) - cpu0["driver"], 2)}
-                if moto is not None:
-                    r["predecoded_cpu_s"]["s3 server"] = round(_cpu_seconds(moto.pid) - cpu0["s3 server"], 2)
-                r.update(predecoded_rows=rows, predecoded_s=round(secs, 2), predecoded_per_s=round(rows / secs, 1),
-                         predecoded_mb=round(nbytes / 1e6, 1), raw_mb=round(sum(
-                             p.stat().st_size for p in shards[m][0].iterdir()) / 1e6, 1),
-                         predecoded_pack_s=round(pack_s, 1))
-                if r.get("baseline_per_s"):
-                    r["predecoded_vs_raw"] = round(r["predecoded_per_s"] / r["baseline_per_s"], 1)
-                    # per CPU second of this process (the loop's own work; robust on a shared machine)
-                    r["predecoded_vs_raw_cpu"] = round((rows / max(r["predecoded_cpu_s"]["driver"], 1e-3))
-                                                       / (r["baseline_rows"] / max(r["baseline_cpu_s"]["driver"], 1e-3)), 1)
-                log(f"{m}: pre-decoded read {rows} rows in {secs:.2f}s = {rows / secs:.1f}/s "
-                    f"({r.get('predecoded_vs_raw', '-')}x the raw decode), {r['predecoded_mb']} MB vs "
-                    f"{r['raw_mb']} MB raw")
-            if not args.skip_ray:
-                log(f"{m}: Ray pipeline ...")
-                p = ray_pipeline(uris[m], spec, tok, counts[m], raylet_pid, gcs_address, args,
-                                 extra_pids=(moto.pid,) if moto is not None else ())
-                r.update(ray_rows=p["rows"], ray_valid=p["valid"], ray_steady_per_s=round(p["steady_per_s"], 1),
-                         ray_steady_rows=p["steady_rows"], ray_steady_s=round(p["steady_s"], 2),
-                         ray_warmup_rows=p["warmup_rows"], ray_first_batch_s=round(p["first_batch_s"], 1),
-                         ray_total_s=round(p["total_s"], 1),
-                         ray_end_to_end_per_s=round(p["rows"] / p["total_s"], 1),
-                         decoded_mb_streamed=round(p["decoded_mb"]), **p["mem"], ray_cpu_s=p["cpu"])
-                log(f"{m}: Ray steady {p['steady_rows']} rows in {p['steady_s']:.1f}s = "
-                    f"{p['steady_per_s']:.1f}/s (first batch after {p['first_batch_s']:.1f}s, "
-                    f"total {p['total_s']:.1f}s), memory {p['mem']}")
-                log(f"{m}: CPU seconds in the {p['steady_s']:.1f}s window by role: {p['cpu']}")
-                if p["valid"] != counts[m]:
-                    log(f"WARNING {m}: {p['valid']} valid rows of {counts[m]}")
-            if r.get("baseline_per_s") and r.get("ray_steady_per_s"):
-                r["ratio"] = round(r["ray_steady_per_s"] / r["baseline_per_s"], 2)
-                r["ratio_end_to_end"] = round(r["ray_end_to_end_per_s"] / r["baseline_per_s"], 2)
-            results[m] = r
-        load_end = loadavg()
-
-        print(f"\nData pipeline benchmark: {os.cpu_count()} cores, load average {load_start} at start, "
-              f"{load_end} at end; Ray {cpus:g} logical CPUs, object store {store_mb:.0f} MiB, "
-              f"{args.concurrency} decode actors, batch {args.batch_size}, spec {args.preset}")
-        print("Ray samples/s = steady state: counted after the first "
-              f"{args.warmup:.0%} of rows, so Ray/actor start-up and imports are excluded "
-              "(e2e = including them). Baseline = one process, S3 read + decode, end to end.")
-        header = (f"{'modality':<8} {'rows':>6} {'base/s':>8} {'ray/s':>8} {'ratio':>6} {'ray e2e/s':>9} "
-                  f"{'window s':>8} {'streamed MB':>11} {'PSS MB start/peak/end':>22} {'RSS MB peak':>11} {'store MB':>8} {'flat':>5}")
-        print(header)
-        for m, r in results.items():
-            pss = f"{r.get('pss_mb_start', '-')}/{r.get('pss_mb_peak', '-')}/{r.get('pss_mb_end', '-')}"
-            print(f"{m:<8} {r['samples']:>6} {r.get('baseline_per_s', '-'):>8} {r.get('ray_steady_per_s', '-'):>8} "
-                  f"{str(r.get('ratio', '-')):>6} {r.get('ray_end_to_end_per_s', '-'):>9} "
-                  f"{r.get('ray_steady_s', '-'):>8} {r.get('decoded_mb_streamed', '-'):>11} {pss:>22} "
-                  f"{r.get('rss_mb_peak', '-'):>11} "
-                  f"{r.get('store_mb_peak', '-'):>8} {str(r.get('flat', '-')):>5}")
-        if args.predecoded:
-            print(f"\nPre-decoded shards ({args.preset} spec), one process, S3 read -> model-ready batches:")
-            print(f"{'modality':<8} {'rows':>6} {'raw decode/s':>12} {'pre-decoded/s':>13} {'ratio':>6} "
-                  f"{'ratio/CPU-s':>11} {'raw MB':>7} {'pre MB':>7} {'pack s':>7}")
-            for m, r in results.items():
-                print(f"{m:<8} {r['samples']:>6} {r.get('baseline_per_s', '-'):>12} {r['predecoded_per_s']:>13} "
-                      f"{str(r.get('predecoded_vs_raw', '-')):>6} {str(r.get('predecoded_vs_raw_cpu', '-')):>11} "
-                      f"{r['raw_mb']:>7} {r['predecoded_mb']:>7} {r['predecoded_pack_s']:>7}")
-            print("ratio = wall-clock samples/s; ratio/CPU-s = samples per CPU second of this process "
-                  "(the S3 server's CPU is in the RESULT line)")
-        print(f"Memory = this driver + this Ray session's raylet and all its descendant processes, sampled "
-              f"every 2 s during the measured window. PSS counts the shared object-store pages once (RSS "
-              f"counts them in every process that maps them); flat = PSS peak - start < {FLAT_SLACK_MB:.0f} MB; "
-              f"store = plasma MB in use (peak).")
-        print("RESULT " + json.dumps({"cores": os.cpu_count(), "loadavg_start": load_start, "loadavg_end": load_end,
-                                      "ray_cpus": cpus, "object_store_mb": round(store_mb),
-                                      "concurrency": args.concurrency, "batch_size": args.batch_size,
-                                      "preset": args.preset, "warmup_fraction": args.warmup,
-                                      "modalities": results}))
+            ray_info = start_ray(args)
+        results = {m: measure(m, uris[m], shards[m][0], counts[m], spec, train_tokenizer(iter(shards[m][1]), 512).to_str(),
+                              args, ray_info, moto, bucket) for m in modalities}
+        report(results, args, ray_info, (load_start, loadavg()))
         return 0
     finally:
-        if started_ray:
+        if ray_info.get("started"):
             import ray
 
             ray.shutdown()
-        if temp_dir:
-            shutil.rmtree(temp_dir, ignore_errors=True)
+        if ray_info.get("temp_dir"):
+            shutil.rmtree(ray_info["temp_dir"], ignore_errors=True)
         if moto is not None:
             moto.terminate()
             try:

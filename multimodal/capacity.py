@@ -256,6 +256,54 @@ def default_cpus(cluster_cpus: float, num_workers: int, num_decoders: int, use_g
     return max(share, 0.25)
 
 
+DECODE_RESOURCE = "decode"  # offered by CPU-only nodes (ray-config.yaml's cpu_worker): decoders go there
+
+
+@dataclass
+class DecoderPool:
+    """The decode actors a job asks for: each actor's bundle and the pool's size range."""
+
+    bundle: Resources
+    min_size: int
+    max_size: int
+
+    @property
+    def on_cpu_nodes(self) -> bool:
+        return DECODE_RESOURCE in self.bundle
+
+
+def _decode_cpus_offered(capacity: Capacity) -> float:
+    """CPUs of the nodes that offer ``DECODE_RESOURCE``: up now, plus declared types at their maximum."""
+    up = sum(n.get("CPU", 0.0) for n in capacity.nodes if n.get(DECODE_RESOURCE, 0.0) > 0)
+    declared = sum(t.resources.get("CPU", 0.0) * max(t.max_count, 1) for t in capacity.node_types or []
+                   if t.resources.get(DECODE_RESOURCE, 0.0) > 0) if capacity.autoscaling else 0.0
+    return up + declared
+
+
+def decoder_pool(capacity: Capacity, worker: Resources, num_workers: int, decoder_cpus: float,
+                 min_decoders: int, max_decoders: int | None = None) -> DecoderPool:
+    """Where the decode actors run and how far their pool may grow (Ray Data autoscales it).
+
+    With CPU-only nodes (nodes or node types offering ``DECODE_RESOURCE``) each actor asks for
+    ``decoder_cpus`` of it too, so decoders run there and never take a trainer node's CPUs; the
+    pool may grow over those nodes' CPUs. Otherwise it grows over the CPUs the Train workers
+    leave free. ``max_decoders`` caps it; the pool never shrinks below ``min_decoders``.
+    """
+    offered = _decode_cpus_offered(capacity)
+    if offered > 0:
+        bundle, free = {"CPU": decoder_cpus, DECODE_RESOURCE: decoder_cpus}, offered
+    else:
+        cpus = capacity.total().get("CPU", 0.0)
+        if capacity.autoscaling and capacity.node_types:
+            cpus += sum(t.resources.get("CPU", 0.0) * max(t.max_count, 1) for t in capacity.node_types)
+        bundle, free = {"CPU": decoder_cpus}, cpus - num_workers * worker.get("CPU", 0.0)
+    fits = int(free / decoder_cpus + 1e-9) if decoder_cpus > 0 else min_decoders
+    largest = max(min_decoders, fits)
+    if max_decoders is not None:
+        largest = max(min_decoders, min(largest, max_decoders))
+    return DecoderPool(bundle, min_decoders, largest)
+
+
 # --- waiting for the autoscaler -------------------------------------------------------------------
 def wait_for_nodes(job: ResourcePlan, timeout_s: float, say: Callable[[str], None] = print,
                    poll_s: float = 1.0, report_every_s: float = 15.0) -> float:

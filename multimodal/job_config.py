@@ -59,7 +59,9 @@ class DataSettings(StrictModel):
     vocab_size: int | None = Field(None, ge=260, description="BPE vocabulary when the tokenizer is trained "
                                    "here (default: the preset's, 32000 for slm-63m)")
     max_consecutive_failures: int = Field(100, ge=1)
-    decode_concurrency: int = Field(1, ge=1, description="Ray Data decode actors")
+    decode_concurrency: int = Field(1, ge=1, description="Ray Data decode actors (the pool's minimum)")
+    decode_max_concurrency: int | None = Field(None, ge=1, description="most decode actors; default: as "
+                                               "many as the CPUs the trainers leave free (or the CPU nodes) hold")
     decode_cpus: float | None = Field(None, gt=0, description="logical CPUs per decode actor "
                                       "(default: sized to the cluster at preflight)")
     cache_decoded: bool = Field(False, description="decode once and keep the decoded rows in Ray's object "

@@ -67,16 +67,18 @@ def check_cluster(job: JobConfig, dry_run: bool = False) -> dict[str, Any]:
     if sized:
         print(sized, flush=True)
     worker = {"CPU": job.run.cpus_per_worker, **({"GPU": 1.0} if job.run.use_gpu else {})}
-    try:
-        plan = cap.plan(capacity, worker, job.run.num_workers, {"CPU": job.data.decode_cpus},
-                        job.data.decode_concurrency)
+    pool = cap.decoder_pool(capacity, worker, job.run.num_workers, job.data.decode_cpus,
+                            job.data.decode_concurrency, job.data.decode_max_concurrency)
+    try:  # the pool starts at its minimum; Ray Data grows it within what is free
+        plan = cap.plan(capacity, worker, job.run.num_workers, pool.bundle, pool.min_size)
     except cap.CapacityError as exc:
         raise PreflightError(str(exc)) from None
     summary = {"autoscaling": capacity.autoscaling, "source": capacity.source,
                "resources_up": capacity.total(), "nodes_up": len(capacity.nodes),
                "node_types": None if capacity.node_types is None else
                {t.name: {"resources": t.resources, "max": t.max_count} for t in capacity.node_types},
-               "bundles": plan.bundles(), "nodes_to_start": plan.new_nodes}
+               "bundles": plan.bundles(), "nodes_to_start": plan.new_nodes,
+               "decoders": {"min": pool.min_size, "max": pool.max_size, "bundle": pool.bundle}}
     if dry_run or not capacity.autoscaling or (capacity.node_types is not None and not plan.new_nodes):
         return summary
     try:
@@ -147,11 +149,11 @@ class ShardDatasetFactory:
     """
 
     def __init__(self, data: TrainData, media: dict[str, Any], tokenizer_uri: str, run: str,
-                 resume: bool, max_consecutive_failures: int, concurrency: int, num_cpus: float,
-                 cache_decoded: bool = False):
+                 resume: bool, max_consecutive_failures: int, concurrency: int | tuple[int, int],
+                 num_cpus: float, cache_decoded: bool = False, resources: dict[str, float] | None = None):
         self.data, self.media, self.tokenizer_uri, self.run = data, media, tokenizer_uri, run
         self.resume, self.max_consecutive_failures = resume, max_consecutive_failures
-        self.concurrency, self.num_cpus = concurrency, num_cpus
+        self.concurrency, self.num_cpus, self.resources = concurrency, num_cpus, resources or None
         # the resume dataset is read once (the rest of one epoch): never worth caching
         self.cache_decoded = cache_decoded and not resume
 
@@ -175,7 +177,8 @@ class ShardDatasetFactory:
         dataset = build_dataset(self.data.uri, MediaSpec.model_validate(self.media),
                                 self.tokenizer_uri, shards=self.shards(),
                                 max_consecutive_failures=self.max_consecutive_failures,
-                                concurrency=self.concurrency, num_cpus=self.num_cpus)
+                                concurrency=self.concurrency, num_cpus=self.num_cpus,
+                                resources=self.resources)
         return dataset.materialize() if self.cache_decoded else dataset
 
 
@@ -247,7 +250,7 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
                 "steps": total_steps(job, train_data), "cpus_per_worker": job.run.cpus_per_worker,
                 "decode_cpus": job.data.decode_cpus, "data": {"train": train_data.uri, "rows": train_data.rows}}
     try:
-        return _train(job, run, train_data, val_data, started, base_cfg, local_mode)
+        return _train(job, run, train_data, val_data, started, base_cfg, local_mode, cluster.get("decoders"))
     finally:
         if cluster.get("requested"):
             from multimodal.capacity import release
@@ -256,9 +259,11 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
 
 
 def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData | None,
-           started: float, base_cfg=None, local_mode: bool = False) -> dict[str, Any]:
+           started: float, base_cfg=None, local_mode: bool = False,
+           decoders: dict[str, Any] | None = None) -> dict[str, Any]:
     """Tokenizer, datasets, ``TorchTrainer.fit()``, result: the part after the preflight.
-    ``base_cfg``: the base model's config when fine-tuning (``--init-from``)."""
+    ``base_cfg``: the base model's config when fine-tuning (``--init-from``); ``decoders``: the
+    decode actor pool ``check_cluster`` planned (min, max, bundle)."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -288,8 +293,10 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     media = model_cfg.media.model_dump()
     factory_args = dict(media=media, tokenizer_uri=tokenizer_uri, run=run,
                         max_consecutive_failures=job.data.max_consecutive_failures,
-                        concurrency=job.data.decode_concurrency, num_cpus=job.data.decode_cpus,
-                        cache_decoded=job.data.cache_decoded)
+                        concurrency=((decoders["min"], decoders["max"]) if decoders
+                                     else job.data.decode_concurrency),
+                        num_cpus=job.data.decode_cpus, cache_decoded=job.data.cache_decoded,
+                        resources={k: v for k, v in (decoders or {}).get("bundle", {}).items() if k != "CPU"})
     datasets: dict[str, Any] = {
         TRAIN: ShardDatasetFactory(train_data, resume=False, **factory_args),
         TRAIN_RESUME: ShardDatasetFactory(train_data, resume=True, **factory_args),

@@ -18,8 +18,10 @@ rows, fill modalities no row has with zeros, normalise pixels).
 
 from __future__ import annotations
 
+import queue
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -141,5 +143,90 @@ def iter_training_batches(data_iterator, batch_size: int, spec: "MediaSpec", dev
         yield model_batch(batch, spec, keep_ids, time.perf_counter() - started)
 
 
-__all__ = ["BatchStats", "iter_training_batches", "training_collate", "model_batch", "batch_stats",
+_END = object()  # an epoch's last batch has been read
+
+
+class EpochBatches:
+    """``(batch, stats)`` pairs of consecutive epochs, read ahead by one background thread.
+
+    Every epoch of a Ray ``DataIterator`` starts the pipeline again (``streaming_split`` executes
+    the plan anew: read tasks or decode actors, first blocks), which the trainer waited for at
+    each epoch start. Here a thread reads epoch ``e + 1`` as soon as epoch ``e``'s last batch is
+    read, so that start-up overlaps the training of ``e``'s last ``ahead`` batches. The thread
+    starts at construction (build this before the model, so epoch 0's start-up overlaps the
+    model's setup too). ``iterator_for(epoch)``: the ``DataIterator`` of that epoch (called in the
+    thread); ``device``: where the batches go (concrete: the thread cannot resolve Ray's
+    ``"auto"``); at most ``ahead`` batches wait in memory. A pipeline error is raised from
+    ``epoch()`` in the consuming thread. Used like ``iter_training_batches``, one epoch at a time::
+
+        batches = EpochBatches(lambda e: shard, range(first, last), batch_size, spec, device)
+        for epoch in range(first, last):
+            for batch, stats in batches.epoch(epoch): ...
+        batches.close()
+    """
+
+    def __init__(self, iterator_for: Callable[[int], object], epochs: range, batch_size: int,
+                 spec: "MediaSpec", device="cpu", *, ahead: int = 16, keep_ids: bool = False,
+                 drop_last: bool = False, prefetch_batches: int = 1):
+        self.spec, self.keep_ids, self.epochs = spec, keep_ids, epochs
+        self._kwargs = {"batch_size": batch_size, "drop_last": drop_last, "prefetch_batches": prefetch_batches,
+                        "device": device, "collate_fn": training_collate(spec, keep_ids)}
+        self._iterator_for = iterator_for
+        self._queue: queue.Queue = queue.Queue(maxsize=max(1, ahead))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._read, name="epoch-batches", daemon=True)
+        self._thread.start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _read(self) -> None:
+        try:
+            for epoch in self.epochs:
+                for batch in self._iterator_for(epoch).iter_torch_batches(**self._kwargs):
+                    if not self._put((epoch, batch)):
+                        return
+                if not self._put((epoch, _END)):
+                    return
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            self._put((None, exc))
+
+    def epoch(self, epoch: int) -> Iterator[tuple[dict, BatchStats]]:
+        """This epoch's batches; ``stats.wait_s`` is the time the caller waited for each."""
+        if epoch not in self.epochs:
+            raise ValueError(f"epoch {epoch} is outside {self.epochs}")
+        while True:
+            started = time.perf_counter()
+            got, item = self._queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            if got < epoch:  # an earlier epoch the caller left before its end
+                continue
+            if item is _END:
+                return
+            yield model_batch(item, self.spec, self.keep_ids, time.perf_counter() - started)
+
+    def close(self) -> None:
+        """Stop reading ahead (the thread ends at its next batch)."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+
+    def __enter__(self) -> "EpochBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ = ["BatchStats", "EpochBatches", "iter_training_batches", "training_collate", "model_batch", "batch_stats",
            "CONTRACT_KEYS"]

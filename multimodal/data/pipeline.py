@@ -2,11 +2,12 @@
 
 ``build_dataset(uri, spec, tokenizer)`` streams the Parquet shards listed in
 ``<uri>/_dataset.json`` (or ``.tar`` WebDataset shards) from a local path or S3 and decodes every
-sample on CPU in ``map_batches`` actors: images with Pillow, audio with soundfile + torchaudio,
+sample on CPU in ``map_batches``: images with Pillow, audio with soundfile + torchaudio,
 video with PyAV, text with the ``tokenizers`` tokenizer. For Parquet the dataset is one item per
-row group ("read unit"); each decode actor (``ParquetUnitDecoder``) reads its row group from the
-store itself, ``batch_size`` rows at a time, so encoded bytes never pass through the object store
-(``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
+row group ("read unit"); each decode task (``decode_units`` running a ``ParquetUnitDecoder``, kept
+in Ray's reusable worker process between tasks and epochs; ``decode_actors=True``: an actor pool)
+reads its row group from the store itself, ``batch_size`` rows at a time, so encoded bytes never
+pass through the object store (``read_in_decoder=False`` uses ``ray.data.read_parquet`` tasks instead). WebDataset tars are read
 by ``ray.data.read_webdataset`` tasks and decoded by ``SampleProcessor`` actors. Pre-decoded
 shards (``slm-make-shards --decode``, ``data/predecoded.py``) are read by ``read_predecoded_units``
 tasks, which only slice and copy what ``SampleProcessor`` wrote when the shards were packed.
@@ -40,6 +41,8 @@ from __future__ import annotations
 import hashlib
 import os
 import posixpath
+import sys
+import uuid
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -51,6 +54,7 @@ from multimodal.data import schema
 from multimodal.data.decode import COMPACT_DECODERS, MediaDecodeError
 from multimodal.data.failure_rate import DEFAULT_MAX_FAILURE_RATE, DatasetBrokenError, ModalityFailureRate
 from multimodal.data.predecoded import is_predecoded, read_predecoded_units
+from multimodal.data.ray_plan import compute, decode_cpus, read_tasks, task_runtime_env, unit_items, with_bin_bytes
 from multimodal.data.tokenizer import as_tokenizer, encode_sample
 from multimodal.data.webdataset import list_tar_shards, map_members, tar_name
 from multimodal.data.wire import wire_table
@@ -104,10 +108,11 @@ class SampleProcessor:
     def __init__(self, spec: MediaSpec | dict, tokenizer, shard_names: Sequence[str],
                  max_consecutive_failures: int = 100, torch_threads: int | None = 1,
                  max_failure_rate: float = DEFAULT_MAX_FAILURE_RATE):
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
+        if torch_threads:  # torch (audio only) is imported lazily: it costs seconds of actor start
+            if "torch" in sys.modules:
+                sys.modules["torch"].set_num_threads(torch_threads)
+            else:
+                os.environ["OMP_NUM_THREADS"] = str(torch_threads)  # read when torch is imported
         self.spec = spec if isinstance(spec, MediaSpec) else MediaSpec(**spec)
         self.tokenizer = as_tokenizer(tokenizer)
         self.shard_names = list(shard_names)
@@ -238,6 +243,26 @@ class ParquetUnitDecoder(SampleProcessor):
             yield SampleProcessor.__call__(self, data)
 
 
+_DECODER_CACHE: dict[str, ParquetUnitDecoder] = {}  # per worker process: decode_units' decoders
+
+
+def decode_units(units: dict, spec: dict, tokenizer: str, shard_names: Sequence[str],
+                 max_consecutive_failures: int = 100, batch_size: int = DEFAULT_UNIT_BATCH_ROWS,
+                 dataset_id: str = "") -> Iterator:
+    """A Ray Data task function: ``ParquetUnitDecoder`` over a batch of read units. The decoder
+    is kept in the worker process (Ray reuses its workers across tasks and epochs), so a later
+    task or epoch of the same dataset (``dataset_id``: one per ``build_dataset``) starts without
+    building it again and its failure counts carry on, as in one decode actor."""
+    key = hashlib.blake2b(repr((spec, tokenizer, tuple(shard_names), max_consecutive_failures, batch_size,
+                                dataset_id)).encode(), digest_size=16).hexdigest()
+    decoder = _DECODER_CACHE.get(key)
+    if decoder is None:
+        _DECODER_CACHE.clear()  # one dataset's decoder per process at a time
+        decoder = _DECODER_CACHE[key] = ParquetUnitDecoder(spec, tokenizer, shard_names, max_consecutive_failures,
+                                                           batch_size)
+    yield from decoder(units)
+
+
 def iter_shard_batches(uri: str, batch_size: int, row_group: int = -1) -> Iterator[dict[str, np.ndarray]]:
     """Batches of raw shard rows (the columns ``SampleProcessor`` reads, plus ``path``) from one
     Parquet shard, local or S3: one row group, or the whole shard when ``row_group`` < 0."""
@@ -311,33 +336,33 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
                   num_cpus: float = 1.0, runtime_env: dict | None = None,
                   override_num_blocks: int | None = None, read_num_cpus: float = 0.25,
                   read_bin_bytes: int = DEFAULT_READ_BIN_BYTES, read_in_decoder: bool = True,
-                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS):
+                  unit_batch_rows: int = DEFAULT_UNIT_BATCH_ROWS, resources: dict[str, float] | None = None,
+                  decode_actors: bool = False):
     """A ``ray.data.Dataset`` of decoded, fixed-shape rows (see the module docstring).
 
     ``uri``: a Parquet shard prefix with ``_dataset.json``, or a WebDataset prefix / ``.tar`` /
     list of tars (local or ``s3://``). ``tokenizer``: Tokenizer, JSON string, or tokenizer.json
-    URI. ``concurrency``/``num_cpus``: of the decode actors; ``batch_size``: their rows per decode
+    URI. ``concurrency``: decoders, a fixed count or a ``(min, max)`` range (Ray Data launches
+    decode tasks as CPUs free up, up to the max; an actor pool autoscales within the range);
+    ``num_cpus``/``resources``: what each asks for (``resources={"decode": n}`` puts
+    them on CPU-only nodes: ``capacity.decoder_pool``); ``batch_size``: their rows per decode
     call on the ``read_parquet``/WebDataset paths.
-    ``runtime_env``: for the read and decode tasks; default passes the S3 endpoint and region only
-    (credentials come from each node's environment or role, never from a runtime env).
-    ``read_in_decoder`` (Parquet only, default True): the decode actors read their row groups
-    themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step); False uses
+    ``runtime_env``: for the read and decode tasks; default: the S3 endpoint and region only
+    (credentials come from each node's environment or role, never from a runtime env), or none
+    when the job's runtime env has them (``ray_plan.task_runtime_env``).
+    ``read_in_decoder`` (Parquet only, default True): the decoders read their row groups
+    themselves (``ParquetUnitDecoder``, ``unit_batch_rows`` rows per step), as Ray tasks
+    (``decode_units``: at most ``max(concurrency)`` at once, in Ray's reusable worker processes,
+    which keep their decoder between tasks and epochs) or, with ``decode_actors=True``, as an
+    actor pool of ``concurrency`` (a ``(min, max)`` range autoscales), started again with every
+    epoch's execution; ``read_in_decoder=False`` uses
     ``ray.data.read_parquet`` tasks, which ship the encoded bytes to the actors through the
-    object store (slower on small machines:
-    ``jobs/bench_data.py --ray-read``). WebDataset tars always use ``read_webdataset``.
-    ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``: of those read tasks. When the
-    decode actors would take every CPU of the cluster (which leaves the file-listing and read
-    tasks unschedulable and hangs the pipeline), each actor's ``num_cpus`` is lowered so one CPU
-    stays free.
+    object store (slower on small machines: ``jobs/bench_data.py --ray-read``). WebDataset tars
+    always use ``read_webdataset``. ``read_num_cpus``/``read_bin_bytes``/``override_num_blocks``:
+    of those read tasks. Pre-decoded shards are read by plain tasks (no actors), at most
+    ``max(concurrency)`` at once.
     """
     import ray
-
-    if ray.is_initialized():
-        cluster_cpus = float(ray.cluster_resources().get("CPU", 0.0))
-        actors = concurrency[1] if isinstance(concurrency, tuple) else concurrency
-        reserve = 1.0  # Ray Data's ListFiles step asks for one whole CPU
-        if cluster_cpus and actors * num_cpus > cluster_cpus - reserve:
-            num_cpus = max((cluster_cpus - reserve) / actors, 0.01)
 
     kind, names, paths = resolve_shards(uri, shards)
     if not paths:
@@ -346,57 +371,37 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
     # decoded rows of a 16 MiB block are ~1,200 images or ~160 videos at the slm-63m spec; Ray's
     # 128 MiB default would let two blocks fill a small object store
     context.target_max_block_size = min(context.target_max_block_size or TARGET_BLOCK_BYTES, TARGET_BLOCK_BYTES)
-    tok = as_tokenizer(tokenizer).to_str()
     if runtime_env is None:
-        runtime_env = {"env_vars": fs.aws_public_env_vars() if fs.is_s3(paths[0]) else {}}
+        runtime_env = task_runtime_env(fs.is_s3(paths[0]))
+    largest = concurrency[1] if isinstance(concurrency, tuple) else concurrency
+    remote = {"num_cpus": decode_cpus(num_cpus, concurrency), "runtime_env": runtime_env,
+              **({"resources": dict(resources)} if resources else {})}
     if kind == "parquet" and _predecoded(uri):
         _, units = read_units(uri, shards)
-        # pre-decoded shards (data/predecoded.py): reading is a copy, so plain tasks do it: they
-        # run in Ray's reusable worker processes (no torch import), where decode actors would be
-        # started again with every epoch's execution
-        tasks = concurrency[1] if isinstance(concurrency, tuple) else concurrency
-        return ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS)).map_batches(
+        # reading is a copy, so plain tasks do it: they run in Ray's reusable worker processes
+        # (no torch import), where decode actors would be started again with every epoch
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(
             read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
                                               "batch_size": unit_batch_rows},
-            batch_size=1, batch_format="numpy", concurrency=max(1, int(tasks)),
-            num_cpus=num_cpus, runtime_env=runtime_env)
+            batch_size=1, batch_format="numpy", compute=compute(largest, actors=False),
+            num_cpus=remote["num_cpus"], runtime_env=runtime_env)
+    args = (spec.model_dump(), as_tokenizer(tokenizer).to_str(), names, max_consecutive_failures)
+    if kind == "parquet" and read_in_decoder and not decode_actors:
+        _, units = read_units(uri, shards)
+        # decode tasks in Ray's reusable worker processes (decode_units keeps its decoder there):
+        # up to `largest` at once as CPUs free up; an actor pool would start again every epoch
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(decode_units, fn_args=(*args, unit_batch_rows,
+                                                                                 uuid.uuid4().hex), batch_size=1,
+                                         batch_format="numpy", compute=compute(largest, actors=False), **remote)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
-        # one block (= one actor task) per unit, so the actors share even a small dataset; capped
-        # so a huge dataset does not become hundreds of thousands of tiny driver-side objects
-        dataset = ray.data.from_items(units, override_num_blocks=min(len(units), MAX_UNIT_BLOCKS))
-        return dataset.map_batches(
-            ParquetUnitDecoder,
-            fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures, unit_batch_rows),
-            batch_size=1, batch_format="numpy", compute=_actor_pool(concurrency),
-            num_cpus=num_cpus, runtime_env=runtime_env)
-    first = paths[0]
-    filesystem, _ = fs.filesystem_for(first)
-    read_paths = [fs.filesystem_for(p)[1] for p in paths]
-    # Ray packs up to 128 MiB of Parquet into one read task, so a small dataset became one block
-    # that only one decode actor could work on; smaller bins spread the decode over all actors
-    # (measured in jobs/bench_data.py: 236-400 -> 868 images/s with 2 actors).
-    bin_bytes = str(int(read_bin_bytes))
-    runtime_env = {**runtime_env, "env_vars": {**runtime_env.get("env_vars", {}),
-                                               "RAY_DATA_PARQUET_BIN_PACKING_BYTES": bin_bytes}}
-    os.environ.setdefault("RAY_DATA_PARQUET_BIN_PACKING_BYTES", bin_bytes)
-    remote = {"runtime_env": runtime_env}
-    if kind == "parquet":
-        columns = list(PARQUET_READ_COLUMNS)
-        dataset = ray.data.read_parquet(read_paths, filesystem=filesystem, include_paths=True,
-                                        override_num_blocks=override_num_blocks, num_cpus=read_num_cpus,
-                                        **remote)
-        dataset = dataset.select_columns([*columns, "path"])  # pushed down into the Parquet read
-    else:
-        dataset = ray.data.read_webdataset(read_paths, filesystem=filesystem, decoder=None,
-                                           override_num_blocks=override_num_blocks,
-                                           num_cpus=read_num_cpus, **remote)
-    return dataset.map_batches(
-        SampleProcessor,
-        fn_constructor_args=(spec.model_dump(), tok, names, max_consecutive_failures),
-        batch_size=batch_size, batch_format="numpy", compute=_actor_pool(concurrency), num_cpus=num_cpus,
-        **remote,
-    )
+        return unit_items(units, MAX_UNIT_BLOCKS).map_batches(ParquetUnitDecoder, fn_constructor_args=(*args, unit_batch_rows),
+                                         batch_size=1, batch_format="numpy", compute=compute(concurrency), **remote)
+    dataset = read_tasks(kind, paths, PARQUET_READ_COLUMNS, runtime_env, override_num_blocks, read_num_cpus,
+                         read_bin_bytes)
+    return dataset.map_batches(SampleProcessor, fn_constructor_args=args, batch_size=batch_size,
+                               batch_format="numpy", compute=compute(concurrency),
+                               **{**remote, "runtime_env": with_bin_bytes(runtime_env, read_bin_bytes)})
 
 
 def _predecoded(uri) -> bool:
@@ -404,15 +409,7 @@ def _predecoded(uri) -> bool:
     return isinstance(uri, str) and is_predecoded(schema.read_summary(uri))
 
 
-def _actor_pool(concurrency: int | tuple[int, int]):
-    import ray
-
-    if isinstance(concurrency, tuple):
-        return ray.data.ActorPoolStrategy(min_size=concurrency[0], max_size=concurrency[1])
-    return ray.data.ActorPoolStrategy(size=concurrency)
-
-
-__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "read_units", "iter_shard_batches",
+__all__ = ["build_dataset", "SampleProcessor", "ParquetUnitDecoder", "decode_units", "read_units", "iter_shard_batches",
            "DatasetBrokenError",
            "resolve_shards",
            "EXTRA_COLUMNS", "wds_sample_id"]

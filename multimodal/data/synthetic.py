@@ -34,16 +34,32 @@ VIDEO_CODECS = {".mp4": ("mp4", "mpeg4"), ".webm": ("webm", "libvpx"), ".avi": (
                 ".mkv": ("matroska", "mpeg4")}
 
 
+def textured_background(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    """Photo-like ``[H, W, 3]`` uint8 texture (smooth gradients + grain), so encoded sizes and
+    decode costs are those of real photos rather than of flat colour."""
+    yy, xx = np.mgrid[0:height, 0:width] / max(width, height)
+    base = np.stack([np.sin(6.28 * (xx * rng.uniform(1, 4) + rng.uniform())),
+                     np.cos(6.28 * (yy * rng.uniform(1, 4) + rng.uniform())),
+                     np.sin(6.28 * ((xx + yy) * rng.uniform(1, 3)))], axis=-1)
+    image = 127 + 70 * base + rng.normal(0, 18, (height, width, 3))
+    return np.clip(image, 0, 255).astype(np.uint8)
+
+
 def shape_image(colour: str, shape: str, size: int = 64, mode: str = "RGB",
-                rng: np.random.Generator | None = None) -> "PIL.Image.Image":  # noqa: F821
-    """A ``colour`` ``shape`` on a light background, jittered in position and size by ``rng``."""
+                rng: np.random.Generator | None = None, height: int | None = None,
+                textured: bool = False) -> "PIL.Image.Image":  # noqa: F821
+    """A ``colour`` ``shape`` on a light (or, ``textured``, photo-like) background, ``size`` wide
+    and ``height`` (default ``size``) high, jittered in position and size by ``rng``."""
     from PIL import Image, ImageDraw
 
     rng = rng or np.random.default_rng(0)
-    image = Image.new("RGB", (size, size), (235, 235, 235))
+    width, height = size, height or size
+    image = (Image.fromarray(textured_background(width, height, rng)) if textured
+             else Image.new("RGB", (width, height), (235, 235, 235)))
     draw = ImageDraw.Draw(image)
-    radius = size * rng.uniform(0.22, 0.32)
-    cx, cy = size / 2 + rng.uniform(-0.12, 0.12) * size, size / 2 + rng.uniform(-0.12, 0.12) * size
+    side = min(width, height)
+    radius = side * rng.uniform(0.22, 0.32)
+    cx, cy = width / 2 + rng.uniform(-0.12, 0.12) * side, height / 2 + rng.uniform(-0.12, 0.12) * side
     box = (cx - radius, cy - radius, cx + radius, cy + radius)
     fill = COLOURS[colour]
     if shape == "circle":
@@ -58,13 +74,15 @@ def shape_image(colour: str, shape: str, size: int = 64, mode: str = "RGB",
 
 
 def write_image(path: str | Path, colour: str = "red", shape: str = "circle", size: int = 64,
-                mode: str = "RGB", rng: np.random.Generator | None = None) -> Path:
-    """Encode a shape image to ``path``; the format follows the extension (jpg/png/webp)."""
+                mode: str = "RGB", rng: np.random.Generator | None = None, height: int | None = None,
+                textured: bool = False) -> Path:
+    """Encode a shape image to ``path``; the format follows the extension (jpg/png/webp), ``mode``
+    the pixels (RGB, RGBA, L, CMYK for JPEG ...)."""
     path = Path(path)
     fmt = IMAGE_FORMATS.get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"unsupported image extension {path.suffix!r}; use one of {sorted(IMAGE_FORMATS)}")
-    image = shape_image(colour, shape, size, mode="RGB", rng=rng)
+    image = shape_image(colour, shape, size, mode="RGB", rng=rng, height=height, textured=textured)
     if mode != "RGB":
         image = image.convert(mode)
     if fmt == "JPEG" and image.mode in ("RGBA", "P", "LA"):
@@ -87,11 +105,14 @@ def tone_clip(notes: list[str], sample_rate: int = 16000, seconds: float = 1.5,
 
 
 def write_audio(path: str | Path, notes: list[str] | None = None, sample_rate: int = 16000,
-                seconds: float = 1.5, channels: int = 1) -> Path:
-    """Encode a tone clip to ``path`` (wav/flac/ogg with soundfile, mp3 with PyAV)."""
+                seconds: float = 1.5, channels: int = 1, noise: float = 0.0, seed: int = 0) -> Path:
+    """Encode a tone clip to ``path`` (wav/flac/ogg with soundfile, mp3 with PyAV); ``noise``: the
+    std of added Gaussian noise (realistic FLAC sizes)."""
     path = Path(path)
     notes = notes or ["C", "E", "G"]
     clip = tone_clip(notes, sample_rate, seconds, channels)
+    if noise:
+        clip = clip + np.random.default_rng(seed).normal(0, noise, clip.shape).astype(np.float32)
     suffix = path.suffix.lower()
     if suffix in AUDIO_FORMATS:
         import soundfile as sf
@@ -134,8 +155,10 @@ def moving_square_frames(colour: str, direction: str, frames: int = 12, size: in
 
 
 def write_video(path: str | Path, colour: str = "blue", direction: str = "left", frames: int = 12,
-                size: int = 64, fps: int = 12) -> Path:
-    """Encode a moving-square clip with PyAV; container and codec follow the extension."""
+                size: int = 64, fps: int = 12, textured: bool = False, bit_rate: int | None = None,
+                seed: int = 0) -> Path:
+    """Encode a moving-square clip with PyAV; container and codec follow the extension.
+    ``textured``: a moving photo-like background with grain (realistic sizes and decode costs)."""
     import av
 
     path = Path(path)
@@ -143,11 +166,18 @@ def write_video(path: str | Path, colour: str = "blue", direction: str = "left",
     if suffix not in VIDEO_CODECS:
         raise ValueError(f"unsupported video extension {suffix!r}; use one of {sorted(VIDEO_CODECS)}")
     container_format, codec = VIDEO_CODECS[suffix]
+    rng = np.random.default_rng(seed)
+    background = textured_background(size, size, rng).astype(np.int16) if textured else None
     with av.open(str(path), "w", format=container_format) as container:
         stream = container.add_stream(codec, rate=Fraction(fps, 1))
         stream.width = stream.height = size
         stream.pix_fmt = "yuv420p"
-        for array in moving_square_frames(colour, direction, frames, size):
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        for t, array in enumerate(moving_square_frames(colour, direction, frames, size)):
+            if background is not None:
+                moving = np.where(array == 235, np.roll(background, t, axis=1), array) + rng.normal(0, 10, array.shape)
+                array = np.clip(moving, 0, 255).astype(np.uint8)
             for packet in stream.encode(av.VideoFrame.from_ndarray(array, format="rgb24")):
                 container.mux(packet)
         for packet in stream.encode(None):
@@ -188,7 +218,7 @@ def corrupt_bytes(kind: str, valid: bytes | None = None, seed: int = 0) -> bytes
 
 
 __all__ = [
-    "COLOURS", "SHAPES", "DIRECTIONS", "NOTES", "write_image", "write_audio", "write_video",
+    "COLOURS", "SHAPES", "DIRECTIONS", "NOTES", "textured_background", "write_image", "write_audio", "write_video",
     "tone_clip", "moving_square_frames", "shape_image", "image_caption", "audio_caption",
     "video_caption", "corrupt_bytes", "encoded_bytes",
 ]

@@ -89,6 +89,7 @@ class Trainer:
                       f"{len(self.state.position.remaining_shards(self.shard_rows))} of "
                       f"{len(self.shard_rows)} shards left in this epoch)")
         self.cursor = DataCursor(self.state, resumed, self.shard_rows)
+        self.epoch_batches = self._read_ahead()
         self.progress = Progress(FlopsModel(model), peak_flops(self.device, cpus, self.train.peak_tflops),
                                  self.world)
         self.model = runtime.prepare_model(model)
@@ -104,6 +105,15 @@ class Trainer:
         if self.rank == 0:
             say(message)
 
+    def _read_ahead(self):
+        """This attempt's training epochs, each read ahead while the one before it ends, so the
+        pipeline's start-up at an epoch start overlaps training (``loader.EpochBatches``)."""
+        from multimodal.data.loader import EpochBatches
+
+        return EpochBatches(lambda epoch: self.runtime.dataset(self.cursor.dataset_for(epoch)),
+                            range(self.cursor.first_epoch, self.train.num_epochs), self.train.batch_size,
+                            self.model_cfg.media, self.device)
+
     def _batches(self, name: str):
         from multimodal.data.loader import iter_training_batches
 
@@ -116,23 +126,24 @@ class Trainer:
         self.model.train()
         self.started = time.monotonic() - self.state.train_seconds
         stop_reason = None
-        for epoch in range(self.state.epoch, self.train.num_epochs):
-            stop_reason = self._train_epoch(epoch)
-            if stop_reason:
-                break
-            self._sync_counts()
-            self.cursor.end_epoch(self.state, epoch)
-        else:
-            stop_reason = "num_epochs"
+        with self.epoch_batches:  # stops reading ahead when training ends, however it ends
+            for epoch in range(self.state.epoch, self.train.num_epochs):
+                stop_reason = self._train_epoch(epoch)
+                if stop_reason:
+                    break
+                self._sync_counts()
+                self.cursor.end_epoch(self.state, epoch)
+            else:
+                stop_reason = "num_epochs"
         if self.last_checkpoint_step != self.state.step:
             self._checkpoint(self._validate())
         return self._finish(stop_reason)
 
     def _train_epoch(self, epoch: int) -> str | None:
         """One epoch (or what is left of it); the stop reason when the run ends inside it."""
-        name = self.cursor.start_epoch(self.state, epoch)
+        self.cursor.start_epoch(self.state, epoch)
         step_started = time.monotonic()
-        for batch, stats in self._batches(name):
+        for batch, stats in guard_batches(self.epoch_batches.epoch(epoch), self.run_uri):
             if len(self.progress.epoch_start_waits) < epoch - self.cursor.first_epoch + 1:
                 self.progress.epoch_start_waits.append(round(stats.wait_s, 3))
             tokens, due = self.step.micro_step(batch)

@@ -23,12 +23,16 @@ class DataCursor:
         self.resumed, self.shard_rows = resumed, shard_rows
         self.read_after_resume: set[int] = set()
 
+    def dataset_for(self, epoch: int) -> str:
+        """The name of the dataset ``epoch`` reads."""
+        return TRAIN_RESUME if epoch == self.first_epoch else TRAIN
+
     def start_epoch(self, state: TrainerState, epoch: int) -> str:
         """Set ``state`` to ``epoch`` and return the name of the dataset to read in it."""
         state.epoch = epoch
         if epoch != self.first_epoch or self.resumed is None:
             state.position = DataPosition(epoch=epoch)
-        return TRAIN_RESUME if epoch == self.first_epoch else TRAIN
+        return self.dataset_for(epoch)
 
     def note_rows(self, epoch: int, rows_per_shard: dict[int, int]) -> None:
         """Remember which shards the resumed epoch read (summed over workers)."""

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from multimodal.capacity import (Capacity, CapacityError, NodeType, default_cpus, monitor_config_path, pack,
-                                 plan, types_from_launcher_config)
+from multimodal.capacity import (DECODE_RESOURCE, Capacity, CapacityError, NodeType, decoder_pool, default_cpus,
+                                 monitor_config_path, pack, plan, types_from_launcher_config)
 
 HEAD = {"CPU": 0.0}
 GPU_NODE = NodeType("gpu_worker", {"CPU": 4.0, "GPU": 1.0}, 4)
@@ -113,3 +113,34 @@ def test_fake_cluster_config_passes_rays_launcher_schema():
     assert config["provider"]["gcs_address"] == "127.0.0.1:41000"  # else new nodes look on :6379
     assert config["provider"]["disable_node_updaters"] is True
     assert {t.name: t.max_count for t in types_from_launcher_config(config)} == {"cpu_worker": 3}
+
+
+DECODE_NODE = NodeType("cpu_worker", {"CPU": 16.0, DECODE_RESOURCE: 16.0}, 4)
+
+
+def test_decoder_pool_grows_over_the_cpus_the_trainers_leave_free():
+    capacity = Capacity(False, "fixed size", [{"CPU": 4.0}])
+    pool = decoder_pool(capacity, {"CPU": 0.5}, 2, 1.0, 1)
+    assert (pool.min_size, pool.max_size, pool.bundle) == (1, 3, {"CPU": 1.0})
+    assert not pool.on_cpu_nodes
+    assert decoder_pool(capacity, {"CPU": 0.5}, 2, 1.0, 1, max_decoders=2).max_size == 2
+    assert decoder_pool(capacity, {"CPU": 2.0}, 2, 1.0, 1).max_size == 1  # none free: the minimum
+
+
+def test_decoders_ask_for_cpu_nodes_when_the_cluster_declares_them():
+    capacity = Capacity(True, "test", [HEAD], [GPU_NODE, DECODE_NODE])
+    pool = decoder_pool(capacity, {"CPU": 1.0, "GPU": 1.0}, 2, 1.0, 2)
+    assert pool.on_cpu_nodes and pool.bundle == {"CPU": 1.0, DECODE_RESOURCE: 1.0}
+    assert (pool.min_size, pool.max_size) == (2, 64)  # 4 nodes x 16 CPUs, none on the GPU nodes
+    job = plan(capacity, {"CPU": 1.0, "GPU": 1.0}, 2, pool.bundle, pool.min_size)
+    assert job.new_nodes == {"gpu_worker": 2, "cpu_worker": 1}  # the decoders open a CPU node
+
+
+def test_the_clusters_cpu_worker_type_offers_the_decode_resource():
+    from pathlib import Path
+
+    import yaml
+
+    config = yaml.safe_load((Path(__file__).resolve().parents[2] / "ray-config.yaml").read_text())
+    types = types_from_launcher_config(config)
+    assert any(t.resources.get(DECODE_RESOURCE) for t in types if not t.resources.get("GPU"))
