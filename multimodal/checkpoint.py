@@ -14,7 +14,8 @@ Ray Train uploads the directory to ``storage_path/name/checkpoint_step_<N>`` and
 its internal ``checkpoint_manager_snapshot.json`` only once the upload is complete, so a
 half-written checkpoint is never the one a resume picks (write, then publish). Rank 0 then
 records it in the run's own ``_checkpoint_index.json`` (step, folder, metrics with the data
-position), which is what the driver reads to plan a resume.
+position). A resume plans its data from the checkpoint Ray will restore: the latest folder named
+in Ray's snapshot, read from its own ``trainer_state.json`` (``latest_data_position``).
 
 The *data position* is the number of rows of each shard consumed in the current epoch, summed
 over all workers. A resume rebuilds the epoch's dataset from the shards that were not fully
@@ -188,8 +189,31 @@ def latest_checkpoint_metrics(run_uri: str) -> dict[str, Any] | None:
     return latest.get("metrics") if latest else None
 
 
+def committed_steps(run_uri: str) -> list[int]:
+    """Steps of the checkpoints Ray Train has committed for this run, found by their folder names
+    in its snapshot file (whatever the file's layout); empty without one (a plain-process run)."""
+    import re
+
+    snapshot_uri = fs.join(run_uri, SNAPSHOT_FILE)
+    if not fs.exists(snapshot_uri):
+        return []
+    text = fs.read_bytes(snapshot_uri).decode(errors="replace")
+    return sorted({int(step) for step in re.findall(r"checkpoint_step_(\d{7})", text)})
+
+
 def latest_data_position(run_uri: str) -> DataPosition:
-    """The data position stored with the run's latest committed checkpoint (fresh if none)."""
+    """The data position of the checkpoint a resume restores (fresh if none).
+
+    Under Ray Train that is Ray's latest *committed* checkpoint: rank 0 writes our index right
+    after its own ``report``, but Ray commits only once every rank has reported, so a worker lost
+    in between leaves the index one checkpoint ahead of what Ray restores. The position is then
+    read from that checkpoint's own ``trainer_state.json``, so model and data always agree; the
+    index serves runs without Ray's snapshot (the plain-process runtime)."""
+    steps = committed_steps(run_uri)
+    if steps:
+        state_uri = fs.join(run_uri, checkpoint_dir_name(steps[-1]), TRAINER_STATE)
+        if fs.exists(state_uri):
+            return TrainerState.from_dict(json.loads(fs.read_bytes(state_uri))).position
     metrics = latest_checkpoint_metrics(run_uri) or {}
     raw = metrics.get("data_position")
     return DataPosition.from_dict(json.loads(raw) if isinstance(raw, str) else raw)

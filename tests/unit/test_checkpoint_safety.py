@@ -1,5 +1,5 @@
 """Checkpoint details that make a resume honest: one RNG stream per rank, a finished epoch is not
-read again, and the resume plan comes from the run's own index rather than Ray's internal file."""
+read again, and the resume plan follows the checkpoint Ray restores (our index where Ray keeps none)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import json
 
 import torch
 
-from multimodal.checkpoint import (DataPosition, TrainerState, close_finished_epoch, latest_data_position,
+from multimodal.checkpoint import (DataPosition, TrainerState, checkpoint_dir_name, close_finished_epoch,
+                                   latest_data_position,
                                    load_checkpoint, save_checkpoint, save_rng_state, write_checkpoint_index)
 
 
@@ -48,3 +49,20 @@ def test_resume_position_comes_from_our_index_not_rays_snapshot(tmp_path):
     write_checkpoint_index(str(tmp_path), 12, {"step": 12, "data_position": json.dumps(position.to_dict())})
     resumed = latest_data_position(str(tmp_path))
     assert (resumed.epoch, resumed.rows_per_shard) == (1, {0: 8, 3: 4})
+
+
+def test_resume_position_is_the_one_of_rays_committed_checkpoint(tmp_path):
+    """Rank 0 indexed step 8, but a worker died before Ray committed it: Ray restores step 4, so
+    the data must resume from step 4's position, not skip the rows read between 4 and 8."""
+    at_4, at_8 = DataPosition(0, {0: 4}), DataPosition(0, {0: 8, 1: 8})
+    for step, position in ((4, at_4), (8, at_8)):
+        folder = tmp_path / checkpoint_dir_name(step)
+        folder.mkdir()
+        (folder / "trainer_state.json").write_text(json.dumps(TrainerState(step=step, position=position).to_dict()))
+    write_checkpoint_index(str(tmp_path), 8, {"step": 8, "data_position": json.dumps(at_8.to_dict())})
+    committed = {"checkpoints": [{"path": f"/runs/x/{checkpoint_dir_name(4)}"}]}  # any layout: names count
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps(committed))
+    assert latest_data_position(str(tmp_path)).rows_per_shard == {0: 4}
+    committed["checkpoints"].append({"path": f"/runs/x/{checkpoint_dir_name(8)}"})
+    (tmp_path / "checkpoint_manager_snapshot.json").write_text(json.dumps(committed))
+    assert latest_data_position(str(tmp_path)).rows_per_shard == {0: 8, 1: 8}
