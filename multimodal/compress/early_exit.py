@@ -131,10 +131,11 @@ def calibrate_thresholds(model: nn.Module, batches: Iterable[dict[str, torch.Ten
         chosen = 1.01
         for t in sorted(grid, reverse=True):
             exits = conf >= t
-            if exits.any() and float(agree[exits].mean()) >= agreement:
-                chosen = t
-            else:
+            if not exits.any():
+                continue  # nothing that confident: says nothing about this threshold
+            if float(agree[exits].mean()) < agreement:
                 break
+            chosen = t
         thresholds.append(chosen)
     return thresholds
 
