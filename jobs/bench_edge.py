@@ -61,6 +61,7 @@ class Trained:
         self.calibration = self.data.train_batches[:4]
         self.teacher: Any = None
         self.reference: Row | None = None
+        self.teacher_cache: dict = {}  # the frozen teacher's logits per training batch
 
     def config(self, **core: Any):
         from multimodal.compress.demo_data import tiny_config
@@ -78,7 +79,8 @@ class Trained:
     def recover(self, model) -> float:
         """The short distillation recovery from the unpruned teacher (alpha 0.5, T 2)."""
         return self.train(model, self.args.recovery_steps, lr=self.args.recovery_lr,
-                          teacher=self.teacher, alpha=0.5, temperature=2.0, warmup=10)
+                          teacher=self.teacher, alpha=0.5, temperature=2.0, warmup=10,
+                          teacher_cache=self.teacher_cache)
 
     def row(self, technique: str, model, name: str, **extra: Any) -> Row:
         """A PyTorch row for ``model``, saved under ``name``."""
@@ -98,14 +100,17 @@ def teacher_rows(t: Trained, with_int8: bool = True) -> None:
         t.teacher, seconds = MultimodalSLM.from_pretrained(args.teacher), None
         if t.teacher.tokenizer.get_vocab() != t.data.tokenizer.get_vocab():
             raise SystemExit(f"--teacher {args.teacher}: not trained on the corpus in --out")
+        ref = t.reference = Row("fp32 (PyTorch)", TorchRunner(t.teacher), args.teacher, "torch",
+                                t.teacher)
     else:
         torch.manual_seed(0)
         t.teacher = MultimodalSLM(t.config())
         say(f"training the tiny teacher: {args.train_steps} steps")
         seconds = t.train(t.teacher, args.train_steps, lr=3e-3, log_every=250)
-    ref = t.reference = t.row("fp32 (PyTorch)", t.teacher, "fp32", train_s=seconds)
+        ref = t.reference = t.row("fp32 (PyTorch)", t.teacher, "fp32", train_s=seconds)
     if not with_int8:
-        t.bench.group(t.ctx, [ref], ref)
+        if not args.teacher:  # a reused teacher was measured by the run that trained it
+            t.bench.group(t.ctx, [ref], ref)
         return
     int8_dir = compress_cli(ref.model_dir, t.out / "int8", "--quantize", "int8")
     export_ort(t.teacher, ref.model_dir)
@@ -181,12 +186,11 @@ def early_exit_rows(t: Trained) -> None:
 
 
 STUDENTS = (  # (label, alpha, initialised from the teacher's layers, taught by the teacher)
+    ("teacher's layers 0,2 (DistilBERT init), soft targets only (alpha=1)", 1.0, True, True),
+    ("teacher's layers 0,2 (DistilBERT init), alpha=0.5 with labels", 0.5, True, True),
     ("random init, soft targets only (alpha=1)", 1.0, False, True),
     ("random init, alpha=0.5 with labels", 0.5, False, True),
-    ("random init, labels only (from scratch)", 0.0, False, False),
-    ("teacher's layers 0,2.. (DistilBERT init), soft targets only (alpha=1)", 1.0, True, True),
-    ("teacher's layers 0,2.. (DistilBERT init), alpha=0.5 with labels", 0.5, True, True),
-    ("teacher's layers 0,2.. (DistilBERT init), labels only", 0.0, True, False))
+    ("random init, labels only (from scratch)", 0.0, False, False))
 
 
 def distill_rows(t: Trained) -> dict[str, Any]:
@@ -199,13 +203,13 @@ def distill_rows(t: Trained) -> dict[str, Any]:
     args = t.args
     layers = max(1, args.teacher_layers // 2)
     rows, students = [], {}
-    for label, alpha, from_teacher, taught in STUDENTS:
+    for label, alpha, from_teacher, taught in (STUDENTS[i] for i in args.students):
         torch.manual_seed(1)
         student = (student_from_teacher(t.teacher, layers) if from_teacher
                    else MultimodalSLM(t.config(num_layers=layers)))
         seconds = t.train(student, args.student_steps, lr=1e-3 if from_teacher else 3e-3,
                           teacher=t.teacher if taught else None, alpha=alpha,
-                          temperature=args.distill_temperature)
+                          temperature=args.distill_temperature, teacher_cache=t.teacher_cache)
         rows.append(t.row(f"student {layers}-layer core, {label}, {args.student_steps} steps",
                           student, f"student-{len(rows)}", train_s=seconds))
         students[label] = student
@@ -241,8 +245,8 @@ def trained_rows(bench: Bench) -> None:
             rows(t)
     if "distillation" in sections:
         students = distill_rows(t)
-        if "best" in sections:
-            best_row(t, students[STUDENTS[4][0]])
+        if "best" in sections and STUDENTS[1][0] in students:
+            best_row(t, students[STUDENTS[1][0]])
 
 
 def slm63m_rows(bench: Bench) -> None:
@@ -321,6 +325,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--teacher", default=None, metavar="DIR",
         help="use this teacher (an earlier run's OUT/tiny/fp32) instead of training one")
     add("--student-steps", type=int, default=1000, help="each student's steps")
+    add("--students", type=int, nargs="+", default=list(range(len(STUDENTS))),
+        help="which STUDENTS to train (indices; 'best' needs 1)")
     add("--distill-temperature", type=float, default=1.0)
     add("--recovery-steps", type=int, default=200,
         help="distillation recovery after pruning / sharing")
@@ -333,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--per-modality", type=int, nargs=3, default=[300, 240, 160],
         metavar=("IMAGE", "AUDIO", "VIDEO"), help="demo corpus sizes")
     add("--reps", type=int, default=20, help="batch-1 latency samples (tiny)")
+    add("--throughput-repeats", type=int, default=3, help="batch-32 runs per row (median)")
     add("--reps-63m", type=int, default=10, help="batch-1 latency samples (slm-63m)")
     add("--skip-63m", action="store_true")
     add("--skip-trained", action="store_true")

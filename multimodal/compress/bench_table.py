@@ -50,6 +50,7 @@ class Bench:
     args: argparse.Namespace
     out: Path
     rows: list[dict[str, Any]] = field(default_factory=list)
+    probes: dict[tuple[str, str], dict[str, float]] = field(default_factory=dict)
 
     def group(self, ctx: Context, rows: list[Row], reference: Row) -> list[dict[str, Any]]:
         """Measure ``rows`` (the reference is timed in the same loop; it is a row only when it
@@ -78,9 +79,13 @@ class Bench:
 
         say(f"[{ctx.model_name}] {row.technique}: measuring")
         result: dict[str, Any] = {"model": ctx.model_name, "technique": row.technique, **latency}
-        repeats = 1 if row.kind.startswith("ort") and ctx.quality_batches is None else 3
+        repeats = 1 if row.kind.startswith("ort") and ctx.quality_batches is None else \
+            getattr(self.args, "throughput_repeats", 3)
         result["throughput_b32"] = throughput(row.runner, ctx.batch32, ctx.new_tokens, repeats)
-        result.update(probe_rss(row.kind, row.model_dir, self.args.threads, ctx.new_tokens))
+        key = (row.kind, row.model_dir)  # rows that share a model folder share the probe
+        if key not in self.probes:
+            self.probes[key] = probe_rss(row.kind, row.model_dir, self.args.threads, ctx.new_tokens)
+        result.update(self.probes[key])
         weights = ("model.int8.onnx" if row.kind == "ort-int8" else
                    "model.onnx" if row.kind == "ort" else "model.safetensors")
         result["file_mb"] = round(file_bytes(str(Path(row.model_dir, weights))) / 1e6, 2)
