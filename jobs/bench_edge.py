@@ -133,7 +133,7 @@ def pruning_rows(t: Trained) -> None:
     from multimodal.compress.structured import parse_structures, prune_core
 
     rows = []
-    for structure in PRUNE_STRUCTURES:
+    for structure in t.args.prune_structures:
         pruned, steps = prune_core(t.teacher, 0.3, parse_structures(structure), "wanda",
                                    t.calibration)
         before = quality(TorchRunner(pruned), t.ctx.quality_batches, t.ctx.new_tokens)
@@ -331,6 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--recovery-steps", type=int, default=200,
         help="distillation recovery after pruning / sharing")
     add("--recovery-lr", type=float, default=1e-3)
+    add("--prune-structures", nargs="+", default=list(PRUNE_STRUCTURES),
+        help="--prune-structure values for the pruning rows of the trained model")
     add("--exit-steps", type=int, default=300, help="early-exit fine-tune steps")
     add("--exit-agreements", type=float, nargs="+", default=[0.99, 0.95],
         help="per-layer thresholds calibrated to these token agreements with the full model")
