@@ -297,7 +297,8 @@ def slm63m_rows(bench: Bench) -> None:
     bench.group(ctx, rows, ref)
 
 
-COLUMNS = ("technique", "latency_p50_ms", "latency_p90_ms", "speedup", "throughput_b32",
+COLUMNS = ("technique", "latency_p50_ms", "latency_p90_ms", "speedup", "cpu_p50_ms",
+           "cpu_speedup", "throughput_b32", "throughput_b32_cpu",
            "peak_rss_mb", "model_rss_mb", "file_mb", "params", "core_change", "total_change",
            "image_exact", "audio_exact", "video_exact", "mean_exact", "loss", "average_depth")
 

@@ -60,12 +60,14 @@ class Bench:
         say(f"[{ctx.model_name}] interleaved batch-1 latency over {len(runners)} runners")
         latencies = interleaved_latency(runners, ctx.samples, ctx.new_tokens)
         ref_p50 = latencies[reference.technique]["latency_p50_ms"]
+        ref_cpu = latencies[reference.technique]["cpu_p50_ms"]
         measured = []
         for row in rows:
             if hasattr(row.runner, "depths"):
                 row.runner.depths.clear()
             result = self.measure(ctx, row, latencies[row.technique])
             result["speedup"] = round(ref_p50 / result["latency_p50_ms"], 2)
+            result["cpu_speedup"] = round(ref_cpu / max(result["cpu_p50_ms"], 1e-9), 2)
             result["reference_p50_ms"] = ref_p50
             result.update(changes(row.model, reference.model))
             measured.append(result)
@@ -81,7 +83,7 @@ class Bench:
         result: dict[str, Any] = {"model": ctx.model_name, "technique": row.technique, **latency}
         repeats = 1 if row.kind.startswith("ort") and ctx.quality_batches is None else \
             getattr(self.args, "throughput_repeats", 3)
-        result["throughput_b32"] = throughput(row.runner, ctx.batch32, ctx.new_tokens, repeats)
+        result.update(throughput(row.runner, ctx.batch32, ctx.new_tokens, repeats))
         key = (row.kind, row.model_dir)  # rows that share a model folder share the probe
         if key not in self.probes:
             self.probes[key] = probe_rss(row.kind, row.model_dir, self.args.threads, ctx.new_tokens)

@@ -87,32 +87,42 @@ def latency(runner, samples: list[dict], max_new_tokens: int, warmup: int = 2) -
 def interleaved_latency(runners: dict[str, Any], samples: list[dict], max_new_tokens: int,
                         warmup: int = 2) -> dict[str, dict[str, float]]:
     """``latency`` for several runners in one round-robin loop (each sample goes through every
-    runner before the next sample), so a shared machine's load drifts hit every row alike."""
+    runner before the next sample), so a shared machine's load drifts hit every row alike.
+
+    Also the CPU time of this process per caption (``cpu_p50_ms``): with one compute thread it
+    is what the caption costs, and unlike wall time it hardly moves when other processes compete
+    for the cores (wall time under a load average of 40 on 2 cores is mostly waiting)."""
     for media in samples[:warmup]:
         for runner in runners.values():
             runner.generate(media, max_new_tokens)
     times: dict[str, list[float]] = {name: [] for name in runners}
+    cpu: dict[str, list[float]] = {name: [] for name in runners}
     for media in samples:
         for name, runner in runners.items():
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             runner.generate(media, max_new_tokens)
             times[name].append(1000 * (time.perf_counter() - started))
+            cpu[name].append(1000 * (time.process_time() - cpu_started))
     return {name: {"latency_p50_ms": round(percentile(t, 0.5), 2),
-                   "latency_p90_ms": round(percentile(t, 0.9), 2)} for name, t in times.items()}
+                   "latency_p90_ms": round(percentile(t, 0.9), 2),
+                   "cpu_p50_ms": round(percentile(cpu[name], 0.5), 2)}
+            for name, t in times.items()}
 
 
-def throughput(runner, media: dict, max_new_tokens: int, repeats: int = 3) -> float:
-    """Samples/s of batch generation (median of ``repeats`` after one warm-up; no warm-up
-    with a single repeat, for the slow rows)."""
+def throughput(runner, media: dict, max_new_tokens: int, repeats: int = 3) -> dict[str, float]:
+    """Samples/s of batch generation per wall second and per CPU second of this process
+    (medians of ``repeats`` after one warm-up; no warm-up with a single repeat)."""
     if repeats > 1:
         runner.generate(media, max_new_tokens)
     size = next(iter(media.values())).shape[0]
-    rates = []
+    rates, cpu_rates = [], []
     for _ in range(repeats):
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         runner.generate(media, max_new_tokens)
         rates.append(size / (time.perf_counter() - started))
-    return round(statistics.median(rates), 2)
+        cpu_rates.append(size / max(time.process_time() - cpu_started, 1e-9))
+    return {"throughput_b32": round(statistics.median(rates), 2),
+            "throughput_b32_cpu": round(statistics.median(cpu_rates), 2)}
 
 
 def probe_rss(kind: str, model_dir: str, threads: int, max_new_tokens: int) -> dict[str, float]:
