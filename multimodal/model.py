@@ -23,6 +23,9 @@ logits.
 
 from __future__ import annotations
 
+# ~415 lines: encoders, fusion, loss, bookkeeping and save/load of the one model, read top to
+# bottom (generation lives in multimodal/generation.py, masks in multimodal/masks.py)
+
 import argparse
 import json
 from dataclasses import dataclass
