@@ -175,12 +175,14 @@ def early_exit_rows(t: Trained) -> None:
                  "early-exit", train_s=seconds)
     rows = [full]
     for threshold in args.exit_thresholds:
-        rows.append(Row(f"early exit, confidence >= {threshold}", EarlyExitRunner(exits, threshold),
-                        full.model_dir, "torch", exits))
+        rows.append(Row(f"early exit, confidence >= {threshold}",
+                        EarlyExitRunner(exits, threshold, args.exit_min_layer), full.model_dir,
+                        "torch", exits))
     for agreement in args.exit_agreements:
         thresholds = calibrate_thresholds(exits, t.data.train_batches[:8], agreement)
         rows.append(Row(f"early exit, per-layer thresholds for {agreement:.0%} agreement",
-                        EarlyExitRunner(exits, thresholds), full.model_dir, "torch", exits,
+                        EarlyExitRunner(exits, thresholds, args.exit_min_layer), full.model_dir,
+                        "torch", exits,
                         {"thresholds": thresholds}))
     t.bench.group(t.ctx, rows, full)
 
@@ -337,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     add("--exit-steps", type=int, default=300, help="early-exit fine-tune steps")
     add("--exit-agreements", type=float, nargs="+", default=[0.99, 0.95],
         help="per-layer thresholds calibrated to these token agreements with the full model")
+    add("--exit-min-layer", type=int, default=1,
+        help="first layer whose exit is checked (the checks cost time too)")
     add("--exit-thresholds", type=float, nargs="+", default=[0.9],
         help="fixed confidence thresholds (one for every exit)")
     add("--per-modality", type=int, nargs=3, default=[300, 240, 160],

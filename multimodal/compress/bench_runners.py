@@ -23,15 +23,17 @@ class TorchRunner:
 class EarlyExitRunner(TorchRunner):
     """``generate_early_exit`` at one threshold or per-exit thresholds; keeps the depths used."""
 
-    def __init__(self, model, threshold: float | list[float]):
+    def __init__(self, model, threshold: float | list[float], min_layer: int = 1):
         super().__init__(model)
         self.threshold = threshold
+        self.min_layer = min_layer
         self.depths: list[float] = []
 
     def generate(self, media: dict, max_new_tokens: int) -> list[list[int]]:
         from multimodal.compress.early_exit import generate_early_exit
 
-        result = generate_early_exit(self.model, self.threshold, 1, max_new_tokens, **media)
+        result = generate_early_exit(self.model, self.threshold, self.min_layer, max_new_tokens,
+                                     **media)
         self.depths.append(result.average_depth)
         return [g.token_ids for g in result.generations]
 
