@@ -60,6 +60,10 @@ class CoreConfig(StrictModel):
     max_position_embeddings: int = Field(512, ge=8)
     rope_theta: float = 10000.0
     tie_word_embeddings: bool = False
+    # set by head pruning (slm-compress): width per head and key/value heads, when they are not
+    # hidden_size // num_heads and num_heads
+    head_dim: int | None = Field(None, ge=1)
+    num_kv_heads: int | None = Field(None, ge=1)
 
 
 class EncoderConfig(StrictModel):

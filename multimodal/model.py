@@ -23,6 +23,9 @@ logits.
 
 from __future__ import annotations
 
+# ~415 lines: encoders, fusion, loss, bookkeeping and save/load of the one model, read top to
+# bottom (generation lives in multimodal/generation.py, masks in multimodal/masks.py)
+
 import argparse
 import json
 from dataclasses import dataclass
@@ -32,10 +35,12 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache, LlamaConfig, LlamaModel
+from transformers import LlamaConfig, LlamaModel
 
-from multimodal import fs
+from multimodal import fs, generation
 from multimodal.batch import BOS_ID, EOS_ID, IGNORE_INDEX, MODALITIES, PAD_ID, present_key
+from multimodal.generation import Generation
+from multimodal.masks import attention_mask_4d, position_ids
 from multimodal.config import ModelConfig, preset
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -156,30 +161,6 @@ ENCODERS: dict[str, type[nn.Module]] = {
 
 
 # --------------------------------------------------------------------------------------------
-# Masks and positions (one place for training, prefill and decoding)
-# --------------------------------------------------------------------------------------------
-
-
-def attention_mask_4d(key_valid: torch.Tensor, query_len: int) -> torch.Tensor:
-    """Boolean ``[B, 1, query_len, K]`` mask (True = may attend) for the last ``query_len`` of
-    ``K`` positions: causal, never onto an invalid key (absent media, padding), and every query
-    always sees itself so no row is empty (an all-masked row would give NaN in SDPA)."""
-    total = key_valid.shape[1]
-    query_pos = torch.arange(total - query_len, total, device=key_valid.device)[:, None]
-    key_pos = torch.arange(total, device=key_valid.device)[None, :]
-    allowed = (key_pos <= query_pos)[None] & key_valid[:, None, :]
-    allowed = allowed | (key_pos == query_pos)[None]
-    return allowed[:, None]
-
-
-def position_ids(key_valid: torch.Tensor) -> torch.Tensor:
-    """Rotary positions that count real tokens only: absent media slots and padding take no
-    position, so a sample's text sits right after its present media (a flagged-absent modality
-    is then exactly like leaving it out) and left-padded prompts count from the same place."""
-    return (key_valid.long().cumsum(1) - 1).clamp(min=0)
-
-
-# --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
 
@@ -192,24 +173,21 @@ class MultimodalOutput:
     per_sample_tokens: torch.Tensor | None = None  # [B] label positions per sample
 
 
-@dataclass
-class Generation:
-    token_ids: list[int]  # generated ids, without the closing <eos>
-    mean_logprob: float  # confidence: mean log p(token) under the model (incl. <eos>), <= 0
-    finished: bool  # True when the model emitted <eos> within max_new_tokens
-    text: str | None = None  # decoded token_ids, when a tokenizer is known
-
-
 def _core_config(cfg: ModelConfig) -> LlamaConfig:
     core = cfg.core
     llama = LlamaConfig(
         vocab_size=core.vocab_size, hidden_size=core.hidden_size,
         intermediate_size=core.intermediate_size, num_hidden_layers=core.num_layers,
-        num_attention_heads=core.num_heads, num_key_value_heads=core.num_heads,
+        num_attention_heads=1, num_key_value_heads=1,  # set below: Llama's validator wants
+        head_dim=core.head_dim or core.hidden_size // core.num_heads,  # width % heads == 0
         max_position_embeddings=core.max_position_embeddings, rope_theta=core.rope_theta,
         attention_dropout=core.dropout, rms_norm_eps=1e-5, hidden_act="silu",
         pad_token_id=PAD_ID, bos_token_id=BOS_ID, eos_token_id=EOS_ID,
         tie_word_embeddings=core.tie_word_embeddings)
+    # head pruning leaves e.g. 3 heads of width 32 in a 128-wide core: legal for the attention
+    # (it uses head_dim), refused by the config's class validator, so assigned after it ran
+    llama.num_attention_heads = core.num_heads
+    llama.num_key_value_heads = core.num_kv_heads or core.num_heads
     llama._attn_implementation = "sdpa"
     return llama
 
@@ -300,7 +278,6 @@ class MultimodalSLM(nn.Module):
 
     # ---- generation --------------------------------------------------------------------------
 
-    @torch.no_grad()
     def generate(self, image: torch.Tensor | None = None, audio: torch.Tensor | None = None,
                  video: torch.Tensor | None = None,
                  prompt_ids: torch.Tensor | list[list[int]] | None = None,
@@ -313,106 +290,17 @@ class MultimodalSLM(nn.Module):
         Greedy by default; ``do_sample`` samples from ``softmax(logits / temperature)`` limited to
         ``top_k``, reproducibly with a seeded ``generator``. Prompts are left-padded (masked), the
         core's KV cache (``DynamicCache``) is reused each step unless ``use_cache=False`` (then the
-        whole sequence is recomputed; same result). Stops per sample at ``<eos>``.
+        whole sequence is recomputed; same result). Stops per sample at ``<eos>``. The loop lives
+        in ``multimodal.generation``.
         """
-        media = {name: value for name, value in zip(MODALITIES, (image, audio, video))
-                 if value is not None}
-        prompts = self._prompt_lists(prompt_ids, media)
-        device = self.lm_head.weight.device
-        width = max(len(p) for p in prompts) + 1
-        text = torch.full((len(prompts), width), PAD_ID, dtype=torch.long, device=device)
-        text_valid = torch.zeros_like(text)
-        for row, prompt in enumerate(prompts):  # left-pad: [<pad>... <bos> prompt]
-            text[row, width - len(prompt) - 1:] = torch.tensor([BOS_ID, *prompt], device=device)
-            text_valid[row, width - len(prompt) - 1:] = 1
-        batch = {"input_ids": text, "attention_mask": text_valid}
-        batch.update({name: value.to(device) for name, value in media.items()})
-
-        was_training = self.training
-        self.eval()
-        try:
-            tokens, logprobs, alive = self._decode(batch, max_new_tokens, do_sample, temperature,
-                                                   top_k, generator, use_cache)
-        finally:
-            self.train(was_training)
-        return self._generations(tokens, logprobs, alive)
-
-    def _prompt_lists(self, prompt_ids, media: dict[str, torch.Tensor]) -> list[list[int]]:
-        if prompt_ids is not None:
-            return [list(map(int, row)) for row in prompt_ids]
-        if not media:
-            raise ValueError("generate needs at least one of image, audio, video or prompt_ids")
-        return [[] for _ in range(next(iter(media.values())).shape[0])]
-
-    def _decode(self, batch, max_new_tokens, do_sample, temperature, top_k, generator, use_cache):
-        embeds, key_valid, positions, _ = self.fuse(batch)
-        b = embeds.shape[0]
-        cache = DynamicCache(config=self.core.config) if use_cache else None
-        step_embeds, step_positions = embeds, positions
-        finished = torch.zeros(b, dtype=torch.bool, device=embeds.device)
-        tokens, logprobs, alive = [], [], []
-        for _ in range(max_new_tokens):
-            hidden = self.core(inputs_embeds=step_embeds,
-                               attention_mask=attention_mask_4d(key_valid, step_embeds.shape[1]),
-                               position_ids=step_positions, cache=cache,
-                               use_cache=use_cache).last_hidden_state
-            logits = self.lm_head(hidden[:, -1]).float()
-            next_token = self._choose(logits, do_sample, temperature, top_k, generator)
-            logprob = logits.log_softmax(-1).gather(1, next_token[:, None])[:, 0]
-            next_token = torch.where(finished, torch.full_like(next_token, PAD_ID), next_token)
-            tokens.append(next_token)
-            logprobs.append(logprob)
-            alive.append(~finished)
-            finished = finished | (next_token == EOS_ID)
-            if bool(finished.all()):
-                break
-            new_embed = self.core.embed_tokens(next_token)[:, None].to(embeds.dtype)
-            new_position = positions[:, -1:] + 1
-            embeds = torch.cat([embeds, new_embed], dim=1)
-            positions = torch.cat([positions, new_position], dim=1)
-            key_valid = torch.cat([key_valid, key_valid.new_ones(b, 1)], dim=1)
-            step_embeds, step_positions = ((new_embed, new_position) if use_cache
-                                           else (embeds, positions))
-        return torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(alive, 1)
-
-    @staticmethod
-    def _choose(logits, do_sample, temperature, top_k, generator) -> torch.Tensor:
-        if not do_sample:
-            return logits.argmax(-1)
-        logits = logits / max(temperature, 1e-6)
-        if top_k is not None:
-            kth = logits.topk(min(top_k, logits.shape[-1]), dim=-1).values[:, -1:]
-            logits = logits.masked_fill(logits < kth, float("-inf"))
-        return torch.multinomial(logits.softmax(-1), 1, generator=generator)[:, 0]
-
-    def _generations(self, tokens, logprobs, alive) -> list[Generation]:
-        out = []
-        for row_tokens, row_logprobs, row_alive in zip(tokens.tolist(), logprobs, alive):
-            kept = [t for t, a in zip(row_tokens, row_alive.tolist()) if a]
-            finished = bool(kept) and kept[-1] == EOS_ID
-            ids = kept[:-1] if finished else kept
-            mean_logprob = float(row_logprobs[row_alive].mean()) if kept else 0.0
-            text = self.tokenizer.decode(ids) if self.tokenizer is not None else None
-            out.append(Generation(ids, mean_logprob, finished, text))
-        return out
+        return generation.generate(self, image, audio, video, prompt_ids, max_new_tokens,
+                                   do_sample, temperature, top_k, generator, use_cache)
 
     def generate_text(self, tokenizer: Tokenizer | None = None,
                       prompt: str | list[str] | None = None, **kwargs: Any) -> list[Generation]:
         """``generate`` with string prompts in and decoded ``.text`` out (``tokenizer`` defaults
         to ``self.tokenizer``). A single string prompt is used for every sample."""
-        tokenizer = tokenizer or self.tokenizer
-        if tokenizer is None:
-            raise ValueError("generate_text needs a tokenizer (argument or model.tokenizer)")
-        if prompt is not None:
-            media = [kwargs.get(name) for name in MODALITIES if kwargs.get(name) is not None]
-            prompts = [prompt] * (media[0].shape[0] if media else 1) if isinstance(prompt, str) \
-                else list(prompt)
-            kwargs["prompt_ids"] = [tokenizer.encode(p, add_special_tokens=False).ids
-                                    for p in prompts]
-        generations = self.generate(**kwargs)
-        for generation in generations:
-            generation.text = tokenizer.decode(generation.token_ids)
-        return generations
+        return generation.generate_text(self, tokenizer, prompt, **kwargs)
 
     # ---- bookkeeping -------------------------------------------------------------------------
 

@@ -23,3 +23,26 @@ def calibration_batches(model, data_uri: str, num_batches: int = 4, batch_size: 
     if not batches:
         raise ValueError(f"{data_uri}: no decodable samples for calibration")
     return batches
+
+
+def synthetic_batches(model, num_batches: int = 2, batch_size: int = 8, text_len: int = 8,
+                      seed: int = 0) -> list[dict[str, torch.Tensor]]:
+    """Batches of random media (every modality present) and random text, for scores that need
+    activations when no calibration data is given (layer pruning of an untrained model)."""
+    from multimodal.batch import BOS_ID
+
+    media, vocab = model.cfg.media, model.cfg.core.vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    shapes = {"image": (3, media.image_size, media.image_size),
+              "audio": (media.audio_n_mels, media.audio_frames),
+              "video": (media.video_frames, 3, media.video_size, media.video_size)}
+    batches = []
+    for _ in range(num_batches):
+        ids = torch.randint(4, vocab, (batch_size, text_len), generator=generator)
+        ids[:, 0] = BOS_ID
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        for name in MODALITIES:
+            batch[name] = torch.randn(batch_size, *shapes[name], generator=generator)
+            batch[present_key(name)] = torch.ones(batch_size, dtype=torch.bool)
+        batches.append(batch)
+    return batches

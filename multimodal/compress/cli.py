@@ -17,8 +17,9 @@ import safetensors.torch
 import torch
 
 from multimodal import fs
-from multimodal.compress import prune, quantize, share, storage
-from multimodal.compress.report import file_bytes, model_figures
+from multimodal.compress import prune, quantize, share, storage, structured
+from multimodal.compress.report import (CORE_LAYERS, changes, core_layer_bytes, file_bytes,
+                                        model_figures, tensor_bytes)
 
 COMPRESSION_FILE = "compression.json"
 ONNX_FILE = "model.onnx"
@@ -34,10 +35,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quantize", choices=["int8"], default=None,
                         help="store weight matrices as int8 + one fp32 scale per output channel")
     parser.add_argument("--prune-ratio", type=float, default=0.0, metavar="R",
-                        help="fraction of the core layers' parameters to remove as whole FFN "
-                             "channels (0 = no pruning)")
+                        help="fraction of the core layers' parameters to remove (0 = no pruning)")
+    parser.add_argument("--prune-structure", default="ffn", metavar="S[,S...]",
+                        help="what is removed: ffn (channels), heads (attention head groups), "
+                             "layers (lowest block influence), or a comma list sharing the ratio, "
+                             "e.g. layers,ffn (default ffn)")
     parser.add_argument("--prune-method", choices=prune.METHODS, default=None,
-                        help="channel importance: wanda (needs --calibration-data; the default "
+                        help="channel/head importance: wanda (needs --calibration-data; the default "
                              "when it is given) or magnitude")
     parser.add_argument("--tie-embeddings", action="store_true",
                         help="one matrix for the token embedding and the LM head")
@@ -71,8 +75,9 @@ def calibration_loss(model, batches) -> float:
     return total / max(tokens, 1)
 
 
-def save_compressed(model, uri: str, int8: dict | None) -> None:
-    """Weights (int8 and aliases per ``storage``), tokenizer and config, config last."""
+def save_compressed(model, uri: str, int8: dict | None) -> int:
+    """Weights (int8 and aliases per ``storage``), tokenizer and config, config last; returns
+    the bytes the core layers' tensors take in the file."""
     from multimodal.model import CONFIG_FILE, TOKENIZER_FILE, WEIGHTS_FILE
 
     tensors, metadata = storage.pack_state(model, int8)
@@ -80,6 +85,7 @@ def save_compressed(model, uri: str, int8: dict | None) -> None:
     if model.tokenizer is not None:
         fs.write_bytes_atomic(fs.join(uri, TOKENIZER_FILE), model.tokenizer.to_str().encode())
     fs.write_bytes_atomic(fs.join(uri, CONFIG_FILE), model.cfg.model_dump_json(indent=2).encode())
+    return tensor_bytes(tensors, CORE_LAYERS)
 
 
 def compress(args: argparse.Namespace) -> dict[str, Any]:
@@ -90,7 +96,8 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
     started = time.monotonic()
     model = MultimodalSLM.from_pretrained(args.src)
     report: dict[str, Any] = {"source": args.src, "destination": args.dst, "steps": [],
-                              "before": model_figures(model),
+                              "before": {**model_figures(model),
+                                         "core_layer_bytes": core_layer_bytes(model, None)},
                               "source_file_bytes": file_bytes(fs.join(args.src, WEIGHTS_FILE))}
     _say(f"loaded {args.src}: {report['before']['parameters']['total']:,} parameters", quiet)
     batches = None
@@ -103,11 +110,12 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
                                  "loss_before": calibration_loss(model, batches)}
     if args.prune_ratio > 0:
         method = args.prune_method or ("wanda" if batches else "magnitude")
-        before = model.cfg.core.intermediate_size
-        model = prune.prune_ffn(model, args.prune_ratio, method, batches)
+        structures = structured.parse_structures(args.prune_structure)
+        model, parts = structured.prune_core(model, args.prune_ratio, structures, method, batches)
         report["steps"].append({"step": "prune", "method": method, "ratio": args.prune_ratio,
-                                "ffn_channels": [before, model.cfg.core.intermediate_size]})
-        _say(f"pruned FFN channels {before} -> {model.cfg.core.intermediate_size} ({method})", quiet)
+                                "structures": parts})
+        _say(f"pruned {','.join(structures)}: core layers {parts[0]['core_parameters'][0]:,} -> "
+             f"{parts[-1]['core_parameters'][1]:,} parameters ({method})", quiet)
     if args.tie_embeddings:
         share.tie_embeddings(model)
         report["steps"].append({"step": "tie_embeddings"})
@@ -124,10 +132,11 @@ def compress(args: argparse.Namespace) -> dict[str, Any]:
                                 "tensors": len(int8),
                                 "int8_parameters": sum(v.numel() for v, _ in int8.values())})
         _say(f"quantized {len(int8)} weight tensors to int8", quiet)
-    save_compressed(model, args.dst, int8)
     report["after"] = model_figures(model)
+    report["after"]["core_layer_bytes"] = save_compressed(model, args.dst, int8)
     report["file_bytes"] = file_bytes(fs.join(args.dst, WEIGHTS_FILE))
     report["size_ratio"] = report["source_file_bytes"] / report["file_bytes"]
+    report["change"] = changes(report)
     if batches is not None:
         report["calibration"]["loss_after"] = calibration_loss(model, batches)
     if args.onnx:

@@ -4,6 +4,8 @@
 next-token distributions, over the text positions that carry a label, plus ``(1 - alpha) * CE``
 on the labels. ``alpha = 1`` learns from the teacher's soft targets alone.
 
+``student_from_teacher`` initialises a shallower student from the teacher's layers (DistilBERT).
+
 ``training_loss_fn`` is what ``multimodal/training/step.py`` calls for every micro-batch: the plain
 model loss, or with ``train.teacher`` the distillation loss against a frozen teacher loaded on
 the worker, and/or with ``train.early_exit_loss`` the LayerSkip-style exit loss.
@@ -94,3 +96,17 @@ def training_loss_fn(train: Any, device: torch.device | str) -> LossFn:
         return distillation_loss(output.logits, teacher_logits, batch["labels"],
                                  train.distill_alpha, train.distill_temperature, loss)
     return loss_fn
+
+
+def student_from_teacher(teacher: nn.Module, num_layers: int) -> nn.Module:
+    """DistilBERT's initialisation: a copy of the teacher keeping ``num_layers`` of its core
+    layers, evenly spaced from the first (4 -> 2 keeps layers 0 and 2); encoders, embeddings and
+    head copied as they are."""
+    from multimodal.compress.prune_layers import without_layers
+
+    total = len(teacher.core.layers)
+    if not 1 <= num_layers <= total:
+        raise ValueError(f"a student of {num_layers} layers from a {total}-layer teacher")
+    kept = {int(i * total / num_layers) for i in range(num_layers)}
+    student = without_layers(teacher, [i for i in range(total) if i not in kept])
+    return student.requires_grad_(True)

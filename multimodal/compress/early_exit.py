@@ -10,13 +10,15 @@ at the first layer (from ``min_layer``) whose exit is confident -- max softmax p
 and values for later tokens: they are computed from the exited hidden state (CALM's state
 propagation, Schuster et al. 2022), which costs two projections per skipped layer instead of a
 whole layer. The first token comes from the full prefill. It reports the average depth used.
+The threshold is one number, or one per exit from ``calibrate_thresholds`` (CALM's calibration:
+the lowest confidence at which each exit still agrees with the full model on calibration data).
 """
 
 from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,8 +27,10 @@ from transformers import DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from multimodal.batch import BOS_ID, EOS_ID, MODALITIES, PAD_ID
-from multimodal.model import Generation, attention_mask_4d, text_loss
+from multimodal.batch import BOS_ID, EOS_ID, IGNORE_INDEX, MODALITIES, PAD_ID
+from multimodal.generation import Generation, generations
+from multimodal.masks import attention_mask_4d
+from multimodal.model import text_loss
 
 
 @contextmanager
@@ -89,13 +93,85 @@ def _propagate_kv(model: nn.Module, hidden: torch.Tensor, layers: range, cache: 
         cache.update(keys, values, index)
 
 
+def layer_thresholds(threshold: float | Sequence[float], num_layers: int) -> list[float]:
+    """One confidence threshold per exit (after layers 1 .. num_layers - 1)."""
+    if isinstance(threshold, (int, float)):
+        return [float(threshold)] * (num_layers - 1)
+    thresholds = [float(t) for t in threshold]
+    if len(thresholds) != num_layers - 1:
+        raise ValueError(f"need {num_layers - 1} per-layer thresholds, got {len(thresholds)}")
+    return thresholds
+
+
 @torch.no_grad()
-def generate_early_exit(model: nn.Module, threshold: float = 0.9, min_layer: int = 1,
-                        max_new_tokens: int = 32, **media: torch.Tensor) -> EarlyExitResult:
-    """Greedy captions from ``media`` (image/audio/video tensors) with per-token early exit."""
+def calibrate_thresholds(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                         agreement: float = 0.99,
+                         grid: Sequence[float] = tuple(i / 100 for i in range(30, 100))
+                         ) -> list[float]:
+    """Per-exit thresholds (CALM-style calibration, Schuster et al. 2022): for each layer the
+    lowest confidence at which the exit's token agrees with the full model's on at least
+    ``agreement`` of the calibration label positions it would exit on (teacher-forced); 1.01
+    (never exit) where no threshold of ``grid`` is that reliable."""
+    model.eval()
+    confidences: list[list[torch.Tensor]] = [[] for _ in range(len(model.core.layers) - 1)]
+    agrees: list[list[torch.Tensor]] = [[] for _ in confidences]
+    for batch in batches:
+        text_len = batch["input_ids"].shape[1]
+        with captured_layer_outputs(model) as layer_outputs:
+            final = model(batch).logits.argmax(-1)
+        keep = batch["labels"][:, 1:] != IGNORE_INDEX
+        for index, hidden in enumerate(layer_outputs[:-1]):
+            probs = exit_logits(model, hidden[:, -text_len:]).float().softmax(-1)[:, :-1]
+            confidence, token = probs.max(-1)
+            confidences[index].append(confidence[keep])
+            agrees[index].append((token == final[:, :-1])[keep])
+    thresholds = []
+    for conf, agree in zip(confidences, agrees):
+        conf, agree = torch.cat(conf), torch.cat(agree).float()
+        chosen = 1.01
+        for t in sorted(grid, reverse=True):
+            exits = conf >= t
+            if not exits.any():
+                continue  # nothing that confident: says nothing about this threshold
+            if float(agree[exits].mean()) < agreement:
+                break
+            chosen = t
+        thresholds.append(chosen)
+    return thresholds
+
+
+def _exit_step(model: nn.Module, hidden: torch.Tensor, mask: torch.Tensor,
+               position: torch.Tensor, cache: DynamicCache, rotary, thresholds: list[float],
+               min_layer: int, alive: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """One token through the core layer by layer; the logits and the depth it exited at."""
+    layers = model.core.layers
+    num_layers = len(layers)
+    for index, layer in enumerate(layers):
+        hidden = layer(hidden, attention_mask=mask, position_ids=position, cache=cache,
+                       use_cache=True, position_embeddings=rotary)
+        depth = index + 1
+        if depth == num_layers:
+            break
+        if depth < min_layer or thresholds[index] > 1:
+            continue
+        logits = exit_logits(model, hidden[:, -1]).float()
+        confidence = F.softmax(logits, -1).amax(-1)
+        if bool((confidence[alive] >= thresholds[index]).all()):
+            _propagate_kv(model, hidden, range(depth, num_layers), cache, rotary)
+            return logits, depth
+    return exit_logits(model, hidden[:, -1]).float(), num_layers
+
+
+@torch.no_grad()
+def generate_early_exit(model: nn.Module, threshold: float | Sequence[float] = 0.9,
+                        min_layer: int = 1, max_new_tokens: int = 32,
+                        **media: torch.Tensor) -> EarlyExitResult:
+    """Greedy captions from ``media`` (image/audio/video tensors) with per-token early exit;
+    ``threshold`` is one confidence for every exit or one per exit (``calibrate_thresholds``)."""
     model.eval()
     core = model.core
     num_layers = len(core.layers)
+    thresholds = layer_thresholds(threshold, num_layers)
     size = next(iter(media.values())).shape[0]
     device = model.modality_embedding.weight.device
     batch = {"input_ids": torch.full((size, 1), BOS_ID, device=device),
@@ -128,17 +204,9 @@ def generate_early_exit(model: nn.Module, threshold: float = 0.9, min_layer: int
                                   attention_mask=attention_mask_4d(key_valid, 1), cache=cache,
                                   position_ids=position)
         rotary = core.rotary_emb(hidden, position_ids=position)
-        for index, layer in enumerate(core.layers):
-            hidden = layer(hidden, attention_mask=mask, position_ids=position, cache=cache,
-                           use_cache=True, position_embeddings=rotary)
-            depth = index + 1
-            logits = exit_logits(model, hidden[:, -1]).float()
-            if depth >= min_layer and depth < num_layers:
-                confidence = F.softmax(logits, -1).amax(-1)
-                if bool((confidence[~finished] >= threshold).all()):
-                    _propagate_kv(model, hidden, range(depth, num_layers), cache, rotary)
-                    break
-    generations = model._generations(torch.stack(tokens, 1), torch.stack(logprobs, 1),
-                                     torch.stack(alive, 1))
+        logits, depth = _exit_step(model, hidden, mask, position, cache, rotary, thresholds,
+                                   min_layer, ~finished)
+    out = generations(torch.stack(tokens, 1), torch.stack(logprobs, 1), torch.stack(alive, 1),
+                      tokenizer=model.tokenizer)
     counted = [d for d, a in zip(depths, alive) for _ in range(int(a.sum()))]
-    return EarlyExitResult(generations, sum(counted) / max(len(counted), 1), num_layers)
+    return EarlyExitResult(out, sum(counted) / max(len(counted), 1), num_layers)

@@ -23,9 +23,13 @@ from multimodal.compress.early_exit import early_exit_loss
 def finetune(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], steps: int,
              lr: float = 3e-3, teacher: nn.Module | None = None, alpha: float = 0.5,
              temperature: float = 2.0, exit_weight: float = 0.0, warmup: int = 20, seed: int = 0,
-             log_every: int = 0) -> list[float]:
+             log_every: int = 0, teacher_cache: dict[int, torch.Tensor] | None = None
+             ) -> list[float]:
     """Train ``model`` in place for ``steps`` AdamW steps over ``batches`` (cycled in a shuffled
-    order, cosine schedule after ``warmup``); returns the loss of every step."""
+    order, cosine schedule after ``warmup``); returns the loss of every step.
+
+    ``teacher_cache`` (batch index -> teacher logits) keeps the frozen teacher's logits of each
+    batch after their first use, also across calls that pass the same dict and batches."""
     generator = random.Random(seed)
     optimizer = model.configure_optimizer(lr=lr, weight_decay=0.01)
     model.train()
@@ -38,7 +42,8 @@ def finetune(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], steps
         if not order:
             order = list(range(len(batches)))
             generator.shuffle(order)
-        batch = batches[order.pop()]
+        order_index = order.pop()
+        batch = batches[order_index]
         factor = (step + 1) / warmup if step < warmup else \
             0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(steps - warmup, 1)))
         for group in optimizer.param_groups:
@@ -49,8 +54,13 @@ def finetune(model: nn.Module, batches: Sequence[dict[str, torch.Tensor]], steps
             output = model(batch)
             loss = output.loss
         if teacher is not None:
-            with torch.no_grad():
-                teacher_logits = teacher(batch).logits
+            index = order_index
+            teacher_logits = teacher_cache.get(index) if teacher_cache is not None else None
+            if teacher_logits is None:
+                with torch.no_grad():
+                    teacher_logits = teacher(batch).logits
+                if teacher_cache is not None:
+                    teacher_cache[index] = teacher_logits
             loss = distillation_loss(output.logits, teacher_logits, batch["labels"], alpha,
                                      temperature, loss)
         optimizer.zero_grad(set_to_none=True)

@@ -1,4 +1,7 @@
-"""Structured pruning that shrinks: whole SwiGLU channels of the core's FFNs are removed.
+"""Structured pruning that shrinks, part 1: whole SwiGLU channels of the core's FFNs.
+
+(Attention heads: ``prune_heads``; whole layers: ``prune_layers``; the three combined under one
+ratio: ``structured``.)
 
 Channel ``j`` of a LLaMA FFN is row ``j`` of ``gate_proj`` and ``up_proj`` and column ``j`` of
 ``down_proj``; removing it deletes ``3 * hidden`` weights and changes nothing else. Every layer
@@ -12,7 +15,7 @@ important ones:
   ``down_proj``) over a few calibration batches: channels that are large *and* used survive.
 
 ``prune_ratio`` is the fraction of the core layers' parameters (attention + FFN + norms) to
-remove; only FFN channels are removed, so at most the FFN share (about 2/3) can go. The kept
+remove; FFN channels alone can take at most the FFN share (about 2/3). The kept
 count is rounded to a multiple of 16 (``CHANNEL_MULTIPLE``; the int8 CPU kernel needs it), so the
 ratio achieved is within 8 channels per layer of the one asked.
 """
@@ -34,13 +37,14 @@ def core_layer_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.core.layers.parameters())
 
 
-def channels_to_keep(model: nn.Module, prune_ratio: float) -> int:
-    """FFN channels per layer left after removing ``prune_ratio`` of the core layers' parameters."""
+def channels_to_keep(model: nn.Module, prune_ratio: float, base: int | None = None) -> int:
+    """FFN channels per layer left after removing ``prune_ratio`` of ``base`` parameters (default:
+    the core layers' parameters now)."""
     if not 0.0 <= prune_ratio < 1.0:
         raise ValueError(f"prune ratio must be in [0, 1), got {prune_ratio}")
     core = model.cfg.core
     per_channel = 3 * core.hidden_size * core.num_layers
-    remove = prune_ratio * core_layer_parameters(model) / per_channel
+    remove = prune_ratio * (base or core_layer_parameters(model)) / per_channel
     keep = int(round((core.intermediate_size - remove) / CHANNEL_MULTIPLE)) * CHANNEL_MULTIPLE
     if keep < MIN_CHANNELS:
         most = (core.intermediate_size - MIN_CHANNELS) * per_channel / core_layer_parameters(model)
@@ -92,32 +96,45 @@ def keep_indices(scores: list[torch.Tensor], keep: int) -> list[torch.Tensor]:
     return [score.topk(keep).indices.sort().values for score in scores]
 
 
-def pruned_copy(model: nn.Module, kept: list[torch.Tensor]) -> nn.Module:
-    """A new, smaller model (``intermediate_size = len(kept[0])``) with the kept channels' weights
-    and every other weight copied; the source model is left untouched."""
+def rebuild(model: nn.Module, cfg, state: dict[str, torch.Tensor]) -> nn.Module:
+    """A new ``MultimodalSLM`` of config ``cfg`` holding ``state`` (the source model untouched;
+    tokenizer and train/eval mode carried over)."""
     from multimodal.model import MultimodalSLM
 
-    cfg = model.cfg.model_copy(deep=True)
-    cfg.core.intermediate_size = int(kept[0].numel())
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for index, channels in enumerate(kept):
-        prefix = f"core.layers.{index}.mlp."
-        for name in ("gate_proj", "up_proj"):
-            state[prefix + name + ".weight"] = state[prefix + name + ".weight"][channels].contiguous()
-        down = prefix + "down_proj.weight"
-        state[down] = state[down][:, channels].contiguous()
     smaller = MultimodalSLM(cfg)
     smaller.load_state_dict(state, strict=True)
     smaller.tokenizer = getattr(model, "tokenizer", None)
     return smaller.train(model.training)
 
 
+def cloned_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached copy of every tensor of ``model``'s state dict."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def pruned_copy(model: nn.Module, kept: list[torch.Tensor]) -> nn.Module:
+    """A new, smaller model (``intermediate_size = len(kept[0])``) with the kept channels' weights
+    and every other weight copied; the source model is left untouched."""
+    cfg = model.cfg.model_copy(deep=True)
+    cfg.core.intermediate_size = int(kept[0].numel())
+    state = cloned_state(model)
+    for index, channels in enumerate(kept):
+        prefix = f"core.layers.{index}.mlp."
+        for name in ("gate_proj", "up_proj"):
+            state[prefix + name + ".weight"] = state[prefix + name + ".weight"][channels].contiguous()
+        down = prefix + "down_proj.weight"
+        state[down] = state[down][:, channels].contiguous()
+    return rebuild(model, cfg, state)
+
+
 def prune_ffn(model: nn.Module, prune_ratio: float, method: str = "magnitude",
-              calibration: Iterable[dict[str, torch.Tensor]] | None = None) -> nn.Module:
-    """The model with ``prune_ratio`` of its core layers' parameters removed as FFN channels."""
+              calibration: Iterable[dict[str, torch.Tensor]] | None = None,
+              base: int | None = None) -> nn.Module:
+    """The model with ``prune_ratio`` of ``base`` (default: its core layers' parameters) removed
+    as FFN channels."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
-    keep = channels_to_keep(model, prune_ratio)
+    keep = channels_to_keep(model, prune_ratio, base)
     if method == "wanda":
         if calibration is None:
             raise ValueError("wanda pruning needs calibration batches (--calibration-data)")

@@ -43,8 +43,11 @@ def test_compress_s3_to_s3_with_calibration_shards(s3_server, s3_bucket, tmp_pat
     keys = sorted(k.rsplit("/", 1)[1] for k in s3_server.keys(s3_bucket, "models/edge/"))
     assert keys == ["compression.json", "config.json", "model.safetensors", "tokenizer.json"]
     assert json.loads(fs.read_bytes(f"{dst}/compression.json")) == report
-    assert report["steps"][0] == {"step": "prune", "method": "wanda", "ratio": 0.3,
-                                  "ffn_channels": [352, report["after"]["core"]["intermediate_size"]]}
+    prune_step = report["steps"][0]
+    assert (prune_step["step"], prune_step["method"], prune_step["ratio"]) == ("prune", "wanda", 0.3)
+    assert prune_step["structures"][0]["ffn_channels"] == [
+        352, report["after"]["core"]["intermediate_size"]]
+    assert report["change"]["core_layer_parameters"] == pytest.approx(-0.3, abs=0.05)
     assert report["calibration"]["samples"] > 0
     assert report["calibration"]["loss_after"] > 0 and report["calibration"]["loss_before"] > 0
     assert report["size_ratio"] >= 4  # int8 (3.6x) x pruning x one vocab matrix

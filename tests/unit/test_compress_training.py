@@ -7,7 +7,8 @@ import torch
 from transformers import DynamicCache
 
 from multimodal.compress import early_exit
-from multimodal.compress.distill import check_teacher, distillation_loss, training_loss_fn
+from multimodal.compress.distill import (check_teacher, distillation_loss, student_from_teacher,
+                                         training_loss_fn)
 from multimodal.config import preset
 from multimodal.model import MultimodalSLM
 from tests.unit.test_model import make_batch, make_tokenizer
@@ -54,6 +55,24 @@ def test_never_confident_exit_generates_exactly_what_generate_does():
     result = early_exit.generate_early_exit(model, threshold=1.01, max_new_tokens=8, **media)
     assert [g.token_ids for g in result.generations] == expected
     assert result.average_depth == 4 and result.num_layers == 4
+
+
+def test_calibrated_thresholds_follow_the_agreement_asked_for():
+    model = tiny(4)
+    with torch.no_grad():  # peaked softmax: every exit is confident
+        model.lm_head.weight.mul_(300)
+    batch = make_batch(model.cfg)
+    lenient = early_exit.calibrate_thresholds(model, [batch], agreement=0.0)
+    impossible = early_exit.calibrate_thresholds(model, [batch], agreement=1.01)
+    assert len(lenient) == len(impossible) == 3
+    assert lenient == [0.3] * 3  # every exit counts as reliable: the lowest grid value
+    assert impossible == [1.01] * 3  # never reliable: never exit
+    media = {"image": batch["image"]}
+    expected = [g.token_ids for g in model.generate(**media, max_new_tokens=6)]
+    result = early_exit.generate_early_exit(model, impossible, max_new_tokens=6, **media)
+    assert [g.token_ids for g in result.generations] == expected and result.average_depth == 4
+    with pytest.raises(ValueError, match="per-layer thresholds"):
+        early_exit.generate_early_exit(model, [0.5], max_new_tokens=2, **media)
 
 
 def test_always_confident_exit_uses_min_layer_after_the_first_token():
@@ -167,3 +186,19 @@ def test_finetune_with_exit_loss_and_a_teacher_lowers_the_loss():
                       exit_weight=0.5, warmup=5)
     assert len(losses) == 30 and losses[-1] < 0.7 * losses[0]
     assert not model.training
+
+
+def test_a_student_initialised_from_the_teacher_keeps_every_other_layer():
+    teacher = tiny(4)
+    student = student_from_teacher(teacher, 2)
+    assert student.cfg.core.num_layers == 2 and teacher.cfg.core.num_layers == 4
+    for mine, theirs in ((0, 0), (1, 2)):
+        assert torch.equal(student.core.layers[mine].mlp.down_proj.weight,
+                           teacher.core.layers[theirs].mlp.down_proj.weight)
+    assert torch.equal(student.lm_head.weight, teacher.lm_head.weight)
+    assert all(p.requires_grad for p in student.parameters())
+    student.core.layers[0].mlp.down_proj.weight.data.add_(1.0)  # its own copy
+    assert not torch.equal(student.core.layers[0].mlp.down_proj.weight,
+                           teacher.core.layers[0].mlp.down_proj.weight)
+    with pytest.raises(ValueError):
+        student_from_teacher(teacher, 5)
