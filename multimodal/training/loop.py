@@ -93,7 +93,7 @@ class Trainer:
         self.progress = Progress(FlopsModel(model), peak_flops(self.device, cpus, self.train.peak_tflops),
                                  self.world)
         self.model = runtime.prepare_model(model)
-        schedule = LRSchedule(self.optimizer, self.total_steps, self.train.warmup_steps,
+        schedule = LRSchedule(self.optimizer, self.train.learning_rate, self.total_steps, self.train.warmup_steps,
                               self.train.min_lr_ratio, self.train.max_train_minutes)
         self.step = TrainStep(self.model, self.optimizer, training_loss_fn(self.train, self.device), schedule,
                               self.model_cfg.media, self.device, self.train.grad_accum_steps, self.train.grad_clip)

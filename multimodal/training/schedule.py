@@ -22,12 +22,15 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, min_ratio: float,
 
 
 class LRSchedule:
-    """Sets every parameter group's rate to its base rate times ``lr_factor``."""
+    """Sets every parameter group's rate to the configured ``base_lr`` times ``lr_factor``.
 
-    def __init__(self, optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
-                 min_ratio: float, budget_minutes: float | None):
+    The base is the job's setting, never read back from the optimizer: a resumed optimizer holds
+    the rate of its last step (already decayed), and a resubmission may change the setting."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, base_lr: float, total_steps: int,
+                 warmup_steps: int, min_ratio: float, budget_minutes: float | None):
         self.optimizer = optimizer
-        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.base_lrs = [base_lr for _ in optimizer.param_groups]
         self.total_steps, self.warmup_steps, self.min_ratio = total_steps, warmup_steps, min_ratio
         self.budget_seconds = 60 * budget_minutes if budget_minutes else None
 
