@@ -93,7 +93,8 @@ def run_once(kind: str, repeat: int, uris: dict[str, str], bucket: str, args: ar
     })
     import ray
 
-    from jobs.bench_data import MemorySampler, session_raylet_pid
+    from cluster.procs import session_raylet_pid
+    from multimodal.data.benchmark.sampler import MemorySampler
 
     session = ray._private.worker._global_node.get_session_dir_path()
     sampler = MemorySampler(session_raylet_pid(session), ray.get_runtime_context().gcs_address, every=2.0,

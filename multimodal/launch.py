@@ -258,6 +258,28 @@ def run(job: JobConfig, dry_run: bool = False, local_mode: bool = False) -> dict
             release()
 
 
+def _shard_datasets(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData | None,
+                    model_cfg, tokenizer_uri: str, decoders: dict[str, Any] | None) -> dict[str, Any]:
+    """Ray Train's dataset factories: the epoch's training data, the rest of a resumed epoch,
+    validation; decoders sized as the preflight planned them."""
+    from multimodal.training import TRAIN, TRAIN_RESUME, VAL
+
+    media = model_cfg.media.model_dump()
+    factory_args = dict(media=media, tokenizer_uri=tokenizer_uri, run=run,
+                        max_consecutive_failures=job.data.max_consecutive_failures,
+                        concurrency=((decoders["min"], decoders["max"]) if decoders
+                                     else job.data.decode_concurrency),
+                        num_cpus=job.data.decode_cpus, cache_decoded=job.data.cache_decoded,
+                        resources={k: v for k, v in (decoders or {}).get("bundle", {}).items() if k != "CPU"})
+    datasets: dict[str, Any] = {
+        TRAIN: ShardDatasetFactory(train_data, resume=False, **factory_args),
+        TRAIN_RESUME: ShardDatasetFactory(train_data, resume=True, **factory_args),
+    }
+    if val_data:
+        datasets[VAL] = ShardDatasetFactory(val_data, resume=False, **factory_args)
+    return datasets
+
+
 def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData | None,
            started: float, base_cfg=None, local_mode: bool = False,
            decoders: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -269,7 +291,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     from ray.train.torch import TorchTrainer
 
     from multimodal.data.tokenizer import load_tokenizer
-    from multimodal.training import TRAIN, TRAIN_RESUME, VAL, train_loop_per_worker
+    from multimodal.training import train_loop_per_worker
 
     DataContext.get_current().enable_progress_bars = False  # one line per step in the job log instead
     quiet_data_context(DataContext.get_current())
@@ -290,19 +312,7 @@ def _train(job: JobConfig, run: str, train_data: TrainData, val_data: TrainData 
     if previous:
         print(f"run {job.run.name} has a checkpoint at step {previous.get('step')}: resuming", flush=True)
 
-    media = model_cfg.media.model_dump()
-    factory_args = dict(media=media, tokenizer_uri=tokenizer_uri, run=run,
-                        max_consecutive_failures=job.data.max_consecutive_failures,
-                        concurrency=((decoders["min"], decoders["max"]) if decoders
-                                     else job.data.decode_concurrency),
-                        num_cpus=job.data.decode_cpus, cache_decoded=job.data.cache_decoded,
-                        resources={k: v for k, v in (decoders or {}).get("bundle", {}).items() if k != "CPU"})
-    datasets: dict[str, Any] = {
-        TRAIN: ShardDatasetFactory(train_data, resume=False, **factory_args),
-        TRAIN_RESUME: ShardDatasetFactory(train_data, resume=True, **factory_args),
-    }
-    if val_data:
-        datasets[VAL] = ShardDatasetFactory(val_data, resume=False, **factory_args)
+    datasets = _shard_datasets(job, run, train_data, val_data, model_cfg, tokenizer_uri, decoders)
     steps = total_steps(job, train_data)
     loop_config = {"job": job.model_dump(mode="json"), "model": model_cfg.model_dump(mode="json"),
                    "run_uri": run, "shard_rows": train_data.shard_rows, "total_steps": steps,

@@ -22,7 +22,7 @@ ratio achieved is within 8 channels per layer of the one asked.
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -63,17 +63,20 @@ def magnitude_scores(model: nn.Module) -> list[torch.Tensor]:
     return scores
 
 
-@torch.no_grad()
-def wanda_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
-    """``[intermediate]`` importance per layer: ``sum_i |down[i, j]| * ||x_j||_2`` over the
-    calibration ``batches`` (text padding included; it is a few percent of positions)."""
-    sums = [torch.zeros(layer.mlp.down_proj.in_features) for layer in model.core.layers]
-    hooks = []
-    for index, layer in enumerate(model.core.layers):
-        def record(_module, inputs, _output, index=index):
+def input_square_sums(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]],
+                      linear_of: Callable[[nn.Module], nn.Linear], what: str) -> list[torch.Tensor]:
+    """Per core layer, ``sum ||x_j||^2`` over the calibration ``batches`` of each input column
+    ``j`` of the linear layer ``linear_of(layer)``: Wanda's activation statistic."""
+    layers = model.core.layers
+    sums = [torch.zeros(linear_of(layer).in_features) for layer in layers]
+
+    def recorder(index: int):
+        def record(_module, inputs, _output):
             x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
             sums[index] += (x * x).sum(0).cpu()
-        hooks.append(layer.mlp.down_proj.register_forward_hook(record))
+        return record
+
+    hooks = [linear_of(layer).register_forward_hook(recorder(i)) for i, layer in enumerate(layers)]
     was_training = model.training
     model.eval()
     seen = 0
@@ -86,7 +89,15 @@ def wanda_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -
             hook.remove()
         model.train(was_training)
     if not seen:
-        raise ValueError("no calibration batches for wanda pruning")
+        raise ValueError(f"no calibration batches for {what}")
+    return sums
+
+
+@torch.no_grad()
+def wanda_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+    """``[intermediate]`` importance per layer: ``sum_i |down[i, j]| * ||x_j||_2`` over the
+    calibration ``batches`` (text padding included; it is a few percent of positions)."""
+    sums = input_square_sums(model, batches, lambda layer: layer.mlp.down_proj, "wanda pruning")
     return [layer.mlp.down_proj.weight.detach().abs().sum(0).cpu() * total.sqrt()
             for layer, total in zip(model.core.layers, sums)]
 

@@ -22,7 +22,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from multimodal.compress.prune import METHODS, cloned_state, rebuild
+from multimodal.compress.prune import METHODS, cloned_state, input_square_sums, rebuild
 
 MIN_GROUPS = 1
 
@@ -77,26 +77,7 @@ def magnitude_scores(model: nn.Module) -> list[torch.Tensor]:
 def wanda_scores(model: nn.Module, batches: Iterable[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
     """``[num_kv_heads]`` importance per layer: Wanda's score summed over each group's columns."""
     q_width, _ = _group_columns(model)
-    sums = [torch.zeros(layer.self_attn.o_proj.in_features) for layer in model.core.layers]
-    hooks = []
-    for index, layer in enumerate(model.core.layers):
-        def record(_module, inputs, _output, index=index):
-            x = inputs[0].detach().float().reshape(-1, inputs[0].shape[-1])
-            sums[index] += (x * x).sum(0).cpu()
-        hooks.append(layer.self_attn.o_proj.register_forward_hook(record))
-    was_training = model.training
-    model.eval()
-    seen = 0
-    try:
-        for batch in batches:
-            model(batch)
-            seen += 1
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
-    if not seen:
-        raise ValueError("no calibration batches for wanda head pruning")
+    sums = input_square_sums(model, batches, lambda layer: layer.self_attn.o_proj, "wanda head pruning")
     return [(layer.self_attn.o_proj.weight.detach().abs().sum(0).cpu() * total.sqrt())
             .reshape(-1, q_width).sum(1) for layer, total in zip(model.core.layers, sums)]
 
