@@ -385,7 +385,7 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         return unit_items(units, MAX_UNIT_BLOCKS).map_batches(
             read_predecoded_units, fn_kwargs={"spec": spec.model_dump(), "shard_names": names,
                                               "batch_size": unit_batch_rows},
-            batch_size=1, batch_format="numpy", compute=compute(largest, actors=False),
+            batch_size=1, batch_format="numpy", compute=compute(_at_most(largest, len(units)), actors=False),
             num_cpus=remote["num_cpus"], runtime_env=runtime_env)
     args = (spec.model_dump(), as_tokenizer(tokenizer).to_str(), names, max_consecutive_failures)
     if kind == "parquet" and read_in_decoder and not decode_actors:
@@ -394,16 +394,25 @@ def build_dataset(uri: str | Sequence[str], spec: MediaSpec, tokenizer, *,
         # up to `largest` at once as CPUs free up; an actor pool would start again every epoch
         return unit_items(units, MAX_UNIT_BLOCKS).map_batches(decode_units, fn_args=(*args, unit_batch_rows,
                                                                                  uuid.uuid4().hex), batch_size=1,
-                                         batch_format="numpy", compute=compute(largest, actors=False), **remote)
+                                         batch_format="numpy", compute=compute(_at_most(largest, len(units)), actors=False), **remote)
     if kind == "parquet" and read_in_decoder:
         _, units = read_units(uri, shards)
         return unit_items(units, MAX_UNIT_BLOCKS).map_batches(ParquetUnitDecoder, fn_constructor_args=(*args, unit_batch_rows),
-                                         batch_size=1, batch_format="numpy", compute=compute(concurrency), **remote)
+                                         batch_size=1, batch_format="numpy", compute=compute(_at_most(concurrency, len(units))),
+                                         **remote)
     dataset = read_tasks(kind, paths, PARQUET_READ_COLUMNS, runtime_env, override_num_blocks, read_num_cpus,
                          read_bin_bytes)
     return dataset.map_batches(SampleProcessor, fn_constructor_args=args, batch_size=batch_size,
                                batch_format="numpy", compute=compute(concurrency),
                                **{**remote, "runtime_env": with_bin_bytes(runtime_env, read_bin_bytes)})
+
+
+def _at_most(concurrency: int | tuple[int, int], inputs: int) -> int | tuple[int, int]:
+    """``concurrency`` capped at the number of read units: more decoders than units would idle
+    (and Ray Data warns about it)."""
+    if isinstance(concurrency, tuple):
+        return (min(concurrency[0], max(1, inputs)), min(concurrency[1], max(1, inputs)))
+    return min(concurrency, max(1, inputs))
 
 
 def _predecoded(uri) -> bool:
