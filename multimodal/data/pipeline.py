@@ -36,7 +36,7 @@ retried with exponential backoff by the pyarrow S3 filesystem (``fs.S3_RETRY_ATT
 by Ray Data's retrying filesystem wrapper before a read fails.
 """
 
-# ~415 lines: the one decode path (SampleProcessor, its Parquet read units) and build_dataset that
+# ~425 lines: the one decode path (SampleProcessor, its Parquet read units) and build_dataset that
 # streams it belong together; the Ray Data plumbing is in ray_plan.py, the wire format in wire.py.
 from __future__ import annotations
 
