@@ -12,7 +12,7 @@ import urllib.request
 import pytest
 
 from multimodal import fs
-from multimodal.checkpoint import latest_checkpoint_metrics
+from multimodal.checkpoint import committed_steps, latest_checkpoint_metrics
 from multimodal.job_config import build_config
 from tests.media import demo_shards_on_s3
 
@@ -124,12 +124,12 @@ def test_killed_worker_is_replaced_and_run_continues(ray_cluster, demo_shards):
     def kill_a_worker_after_first_checkpoint() -> None:
         deadline = time.monotonic() + 240
         while time.monotonic() < deadline:
-            metrics = latest_checkpoint_metrics(run_uri) if fs.exists(run_uri + "/checkpoint_manager_snapshot.json") else None
-            if metrics and metrics.get("step", 0) >= 4:
+            committed = committed_steps(run_uri)  # what Ray has committed (our index may be ahead)
+            if committed and committed[-1] >= 4:
                 workers = list_actors(address=f"http://{ray_cluster.dashboard_url}",
                                       filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")])
                 if workers:
-                    killed["step"] = int(metrics["step"])
+                    killed["step"] = committed[-1]
                     killed["pid"] = int(workers[0]["pid"])
                     os.kill(killed["pid"], signal.SIGKILL)
                     return
