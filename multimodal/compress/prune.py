@@ -143,13 +143,15 @@ def prune_ffn(model: nn.Module, prune_ratio: float, method: str = "magnitude",
               base: int | None = None) -> nn.Module:
     """The model with ``prune_ratio`` of ``base`` (default: its core layers' parameters) removed
     as FFN channels."""
+    check_method(method, calibration)
+    keep = channels_to_keep(model, prune_ratio, base)
+    scores = wanda_scores(model, calibration) if method == "wanda" else magnitude_scores(model)
+    return pruned_copy(model, keep_indices(scores, keep))
+
+
+def check_method(method: str, calibration) -> None:
+    """One line for an unknown importance score, or Wanda without calibration batches."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
-    keep = channels_to_keep(model, prune_ratio, base)
-    if method == "wanda":
-        if calibration is None:
-            raise ValueError("wanda pruning needs calibration batches (--calibration-data)")
-        scores = wanda_scores(model, calibration)
-    else:
-        scores = magnitude_scores(model)
-    return pruned_copy(model, keep_indices(scores, keep))
+    if method == "wanda" and calibration is None:
+        raise ValueError("wanda pruning needs calibration batches (--calibration-data)")

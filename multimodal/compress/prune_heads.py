@@ -22,7 +22,7 @@ from typing import Iterable
 import torch
 from torch import nn
 
-from multimodal.compress.prune import METHODS, cloned_state, input_square_sums, rebuild
+from multimodal.compress.prune import check_method, cloned_state, input_square_sums, rebuild
 
 MIN_GROUPS = 1
 
@@ -105,13 +105,7 @@ def pruned_heads_copy(model: nn.Module, kept_groups: list[torch.Tensor]) -> nn.M
 def prune_heads(model: nn.Module, remove_parameters: float, method: str = "magnitude",
                 calibration: Iterable[dict[str, torch.Tensor]] | None = None) -> nn.Module:
     """The model with about ``remove_parameters`` core weights removed as whole head groups."""
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
+    check_method(method, calibration)
     keep = groups_to_keep(model, remove_parameters)
-    if method == "wanda":
-        if calibration is None:
-            raise ValueError("wanda pruning needs calibration batches (--calibration-data)")
-        scores = wanda_scores(model, calibration)
-    else:
-        scores = magnitude_scores(model)
+    scores = wanda_scores(model, calibration) if method == "wanda" else magnitude_scores(model)
     return pruned_heads_copy(model, [s.topk(keep).indices.sort().values for s in scores])
